@@ -1,0 +1,413 @@
+"""One SSH connection to one host: commands, uploads and downloads.
+
+Built on paramiko, with the safety and speed a deploy tool needs:
+
+* strict host key checking: an unknown or changed key raises
+  :class:`~deploykit.errors.HostKeyError` saying how to trust the host; keys are
+  never added automatically;
+* TCP_NODELAY on the socket (paramiko leaves Nagle on, and every command would
+  then wait for a delayed ACK), keepalives, connect and command timeouts;
+* ``become``: commands run through ``sudo -n`` when the login user is not root;
+* uploads go through the command's stdin into a temporary file next to the
+  target, are checked against their SHA-256, and replace the target with one
+  atomic ``mv``: a reader never sees half a file;
+* a command log (:attr:`Connection.log`) of every command sent, secrets
+  redacted, each marked as a read or a write: what tests use to prove that a
+  no-op run sends no write command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from deploykit.errors import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    RemoteCommandError,
+)
+from deploykit.secrets import Secret, redact
+from deploykit.shell import Command, quote, render, secrets_in
+
+if TYPE_CHECKING:
+    from deploykit.inventory import Host
+
+log = logging.getLogger("deploykit.connection")
+
+_READ_SIZE = 65536
+_key_cache: dict[str, paramiko.PKey] = {}
+_key_cache_lock = threading.Lock()
+
+
+@dataclass
+class CommandResult:
+    """What one remote command did: ``.ok`` when it exited 0."""
+
+    host: str
+    command: str  # as logged: secrets redacted
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    stdout_bytes: bytes = field(default=b"", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0
+
+    @property
+    def failed(self) -> bool:
+        """True when the command exited non-zero."""
+        return self.exit_code != 0
+
+
+@dataclass(frozen=True)
+class LoggedCommand:
+    """One entry of :attr:`Connection.log`."""
+
+    command: str  # secrets redacted
+    write: bool
+    exit_code: int
+
+
+def _load_key(path: str) -> paramiko.PKey:
+    """Load a private key once per process (parsing costs milliseconds per host)."""
+    with _key_cache_lock:
+        key = _key_cache.get(path)
+        if key is None:
+            try:
+                key = paramiko.PKey.from_path(path)
+            except (OSError, paramiko.SSHException) as exc:
+                raise AuthenticationError(f"cannot read identity file {path}: {exc}") from None
+            _key_cache[path] = key
+        return key
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return key.fingerprint  # "SHA256:..." as OpenSSH prints it
+
+
+class Connection:
+    """An SSH connection to one inventory host, opened lazily on first use.
+
+    >>> with Connection(host) as conn:          # doctest: +SKIP
+    ...     conn.run("uname -r").stdout
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        connect_timeout: float = 10.0,
+        command_timeout: float | None = 600.0,
+        keepalive: int = 30,
+    ) -> None:
+        self.host = host
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.keepalive = keepalive
+        self.log: list[LoggedCommand] = []
+        self.secrets: set[Secret] = set()
+        if host.password is not None:
+            self.secrets.add(host.password)
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The host's inventory name."""
+        return self.host.name
+
+    @property
+    def is_open(self) -> bool:
+        """True when the SSH transport is up."""
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def open(self) -> Connection:
+        """Connect and authenticate now (normally done on first use)."""
+        with self._lock:
+            if not self.is_open:
+                self._client = self._connect()
+        return self
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> Connection:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _where(self) -> str:
+        return f"{self.host.address}:{self.host.port}"
+
+    def _connect(self) -> paramiko.SSHClient:
+        host = self.host
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        known_hosts = host.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
+        try:
+            client.load_host_keys(known_hosts)
+        except FileNotFoundError:
+            pass  # no known key then: the connect below refuses the host
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyError(f"cannot read known_hosts file {known_hosts}: {exc}",
+                               host=host.name) from None
+        try:
+            sock = socket.create_connection((host.address, host.port),
+                                            timeout=self.connect_timeout)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if isinstance(exc, TimeoutError | socket.timeout):
+                reason = f"no answer within {self.connect_timeout:g} s"
+            raise ConnectError(f"cannot reach {self._where()}: {reason}",
+                               host=host.name) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client.connect(
+                hostname=host.address,
+                port=host.port,
+                username=host.user,
+                pkey=_load_key(str(host.identity_file)) if host.identity_file else None,
+                password=host.password.reveal() if host.password else None,
+                sock=sock,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                allow_agent=False,
+                look_for_keys=host.identity_file is None and host.password is None,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"the host key of {self._where()} CHANGED: known_hosts ({known_hosts}) has "
+                f"{_fingerprint(exc.expected_key)}, the host sent {_fingerprint(exc.key)}. "
+                f"This may be an attack. If the host was really reinstalled, remove the old "
+                f"entry with: ssh-keygen -R {self._known_hosts_name()} -f {known_hosts}",
+                host=host.name) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise AuthenticationError(
+                f"{host.user}@{self._where()} refused authentication ({exc})",
+                host=host.name) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"the host key of {self._where()} is unknown (not in {known_hosts}); "
+                    f"deploykit never trusts a key on its own. Check the fingerprint on the "
+                    f"host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then trust it "
+                    f"with: ssh-keyscan -p {host.port} {host.address} >> {known_hosts}",
+                    host=host.name) from None
+            raise ConnectError(f"SSH with {self._where()} failed: {exc}",
+                               host=host.name) from None
+        except OSError as exc:
+            client.close()
+            raise ConnectError(f"connection to {self._where()} lost: {exc}",
+                               host=host.name) from None
+        transport = client.get_transport()
+        if transport is not None and self.keepalive:
+            transport.set_keepalive(self.keepalive)
+        return client
+
+    def _known_hosts_name(self) -> str:
+        if self.host.port == 22:
+            return self.host.address
+        return f"[{self.host.address}]:{self.host.port}"
+
+    # -- commands --------------------------------------------------------------
+
+    def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None
+              ) -> str:
+        if env:
+            exports = " ".join(f"{k}={quote(v)}" for k, v in env.items())
+            command = f"export {exports}; {command}"
+        become = self.host.become if sudo is None else sudo
+        if become and self.host.user != "root":
+            command = f"sudo -n -H -- sh -c {quote(command)}"
+        return command
+
+    def run(
+        self,
+        command: Command,
+        *,
+        write: bool = True,
+        check: bool = True,
+        sudo: bool | None = None,
+        env: Mapping[str, str | Secret] | None = None,
+        stdin: bytes | str | None = None,
+        timeout: float | None = None,
+        task: str | None = None,
+    ) -> CommandResult:
+        """Run ``command`` on the host and return its result.
+
+        ``command`` is either a ready shell string (every value in it already
+        quoted with :func:`deploykit.shell.quote`) or an argument list, which is
+        quoted here. ``write=False`` marks a read-only probe in :attr:`log`.
+        ``check=True`` raises :class:`RemoteCommandError` on a non-zero exit.
+        Secrets (in the list, in ``env``, or the host password) are redacted in
+        the log, the result and any error.
+        """
+        to_send, to_log = render(command)
+        self.secrets.update(secrets_in(command))
+        if env:
+            self.secrets.update(v for v in env.values() if isinstance(v, Secret))
+        to_send = self._wrap(to_send, sudo, env)
+        client = self.open()._client
+        assert client is not None
+        transport = client.get_transport()
+        assert transport is not None
+        started = time.monotonic()
+        limit = timeout if timeout is not None else self.command_timeout
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.exec_command(to_send)
+            if stdin is not None:
+                chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
+            chan.shutdown_write()
+            out, err = self._collect(chan, started, limit, to_log)
+            exit_code = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise ConnectError(f"connection to {self._where()} lost while running "
+                               f"{to_log!r}: {exc or type(exc).__name__}",
+                               host=self.name, task=task) from None
+        secrets = list(self.secrets)
+        result = CommandResult(
+            host=self.name,
+            command=to_log,
+            exit_code=exit_code,
+            stdout=redact(out.decode("utf-8", "replace"), secrets),
+            stderr=redact(err.decode("utf-8", "replace"), secrets),
+            duration=time.monotonic() - started,
+            stdout_bytes=out,
+        )
+        self.log.append(LoggedCommand(to_log, write, exit_code))
+        log.debug("%s: %s -> %d (%.3fs)", self.name, to_log, exit_code, result.duration)
+        if check and result.failed:
+            detail = (result.stderr or result.stdout).strip()[-2000:]
+            raise RemoteCommandError(
+                f"command failed with exit code {exit_code}: {to_log}"
+                + (f"\n{detail}" if detail else ""),
+                host=self.name, task=task, exit_code=exit_code,
+                stdout=result.stdout, stderr=result.stderr)
+        return result
+
+    def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
+                 to_log: str) -> tuple[bytes, bytes]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        while True:
+            while chan.recv_ready():
+                out.append(chan.recv(_READ_SIZE))
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(_READ_SIZE))
+            if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+                return b"".join(out), b"".join(err)
+            wait = 1.0
+            if limit is not None:
+                wait = limit - (time.monotonic() - started)
+                if wait <= 0:
+                    chan.close()
+                    raise RemoteCommandError(
+                        f"command timed out after {limit:g} s: {to_log}", host=self.name)
+            select.select([chan], [], [], min(wait, 1.0))
+
+    # -- files -----------------------------------------------------------------
+
+    def sha256(self, path: str, *, sudo: bool | None = None) -> str | None:
+        """SHA-256 of a remote file, or None when it does not exist (one round trip)."""
+        script = f"if [ -f {quote(path)} ]; then sha256sum < {quote(path)}; fi"
+        out = self.run(script, write=False, sudo=sudo).stdout.strip()
+        return out[:64] if out else None
+
+    def put(
+        self,
+        data: bytes | str | Path,
+        remote_path: str,
+        *,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+        sudo: bool | None = None,
+        skip_identical: bool = True,
+    ) -> bool:
+        """Upload ``data`` (bytes, text, or a local Path) to ``remote_path`` atomically.
+
+        The bytes go into a temporary file beside the target, their SHA-256 is
+        checked on the host, mode and owner are set, then one ``mv`` replaces
+        the target. Returns False (and sends nothing) when the remote file
+        already has the same content and ``skip_identical`` is set.
+        """
+        if isinstance(data, Path):
+            payload = data.read_bytes()
+        elif isinstance(data, str):
+            payload = data.encode()
+        else:
+            payload = data
+        digest = hashlib.sha256(payload).hexdigest()
+        if skip_identical and self.sha256(remote_path, sudo=sudo) == digest:
+            return False
+        dest = quote(remote_path)
+        steps = [
+            "set -e",
+            f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
+            "trap 'rm -f \"$tmp\"' EXIT",
+            'cat > "$tmp"',
+            f'[ "$(sha256sum < "$tmp" | cut -c1-64)" = {digest} ] || '
+            '{ echo "checksum mismatch after upload" >&2; exit 3; }',
+        ]
+        if mode is not None:
+            steps.append(f'chmod {mode:o} "$tmp"')
+        else:
+            steps.append(f'if [ -e {dest} ]; then chmod --reference={dest} "$tmp"; '
+                         f'else chmod 644 "$tmp"; fi')
+        if owner or group:
+            steps.append(f'chown {quote((owner or "") + (":" + group if group else ""))} "$tmp"')
+        steps += [f'mv -f -- "$tmp" {dest}', "trap - EXIT"]
+        self.run("\n".join(steps), stdin=payload, sudo=sudo)
+        return True
+
+    def get(self, remote_path: str, local_path: str | Path | None = None, *,
+            sudo: bool | None = None) -> bytes:
+        """Download a remote file; write it to ``local_path`` when given. Returns its bytes."""
+        data = self.run(["cat", "--", remote_path], write=False, sudo=sudo).stdout_bytes
+        if local_path is not None:
+            Path(local_path).write_bytes(data)
+        return data
+
+
+def connect_all(hosts: Sequence[Host], **kwargs: float) -> dict[str, Connection | ConnectError]:
+    """Open connections to ``hosts`` in parallel; a host that fails maps to its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(host: Host) -> Connection | ConnectError:
+        conn = Connection(host, **kwargs)  # type: ignore[arg-type]
+        try:
+            return conn.open()
+        except ConnectError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
+        return dict(zip((h.name for h in hosts), pool.map(one, hosts), strict=True))

@@ -1,0 +1,637 @@
+"""The lab: a fleet of real Linux hosts on this machine, for tests and demos.
+
+Each lab host is
+
+* a network namespace ``dklab-<name>`` with a veth pair on the bridge ``dklab0``
+  and its own address in 198.18.0.0/24 (the machine's root namespace is
+  198.18.0.1 and reaches every host);
+* its own mount, UTS and IPC namespaces, held open by an *anchor* process
+  (``sleep infinity``): private /etc/ssh, /etc/nginx, /etc/supervisor,
+  /etc/redis, /etc/hosts, /srv, /var/log, /var/lib, /var/backups, /root,
+  tmpfs /run, /tmp and /dev/shm, and its own hostname;
+* its own sshd (own host key, key-only login for the lab's client key), and per
+  role nginx + supervisord (``web``) or PostgreSQL 15 + redis-server (``db``).
+
+Programs (/usr) are the machine's; only configuration and state are private.
+Everything the lab creates is named ``dklab*`` and lives under
+:data:`DEFAULT_STATE_DIR`, so :meth:`Lab.down` can find and remove it even when
+the process that created it crashed.  Nothing touches the machine's hostname,
+/etc or /root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from deploykit.errors import LabError
+from deploykit.testing import labconfig
+
+DEFAULT_STATE_DIR = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"))
+NETWORK = ipaddress.ip_network("198.18.0.0/24")
+GATEWAY = "198.18.0.1"
+FIRST_HOST_OCTET = 11
+MAX_HOSTS = 20
+BRIDGE = "dklab0"
+NETNS_PREFIX = "dklab-"
+VETH_PREFIX = "dklab"
+
+ROLE_SERVICES: dict[str, tuple[str, ...]] = {
+    "web": ("nginx", "supervisord"),
+    "db": ("postgres", "redis"),
+}
+ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "web": ("nginx", "supervisor"),
+    "db": ("postgresql-15", "redis-server"),
+}
+REQUIRED_PROGRAMS: dict[str, str] = {
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+    "runuser": "util-linux",
+    "/usr/sbin/sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "nginx": "nginx",
+    "supervisord": "supervisor",
+    "redis-server": "redis-server",
+    "/usr/lib/postgresql/15/bin/initdb": "postgresql-15",
+}
+# Directories each host gets a private copy of (bind-mounted over the machine's).
+PRIVATE_DIRS = (
+    "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis",
+    "srv", "var/log", "var/lib", "var/backups", "root",
+)
+PG_DATA = "var/lib/postgresql/15/main"
+START_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class LabHostSpec:
+    """One host to build: its name and roles (``web``, ``db``)."""
+
+    name: str
+    roles: tuple[str, ...]
+
+
+@dataclass
+class LabHostStatus:
+    """What :meth:`Lab.status` reports for one host."""
+
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    up: bool
+    services: dict[str, str] = field(default_factory=dict)
+
+
+def default_fleet(count: int = 3) -> list[LabHostSpec]:
+    """``count`` hosts: ``web-1`` .. ``web-(count-1)`` and one ``db-1``."""
+    if not 1 <= count <= MAX_HOSTS:
+        raise LabError(f"a lab has 1 to {MAX_HOSTS} hosts, not {count}")
+    if count == 1:
+        return [LabHostSpec("web-1", ("web",))]
+    return [LabHostSpec(f"web-{i}", ("web",)) for i in range(1, count)] + [
+        LabHostSpec("db-1", ("db",))
+    ]
+
+
+def parse_fleet(text: str) -> list[LabHostSpec]:
+    """Parse ``"web-1:web,web-2:web,db-1:db+web"`` or a host count like ``"10"``."""
+    text = text.strip()
+    if text.isdigit():
+        return default_fleet(int(text))
+    specs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, roles = item.partition(":")
+        role_list = tuple(r for r in roles.split("+") if r) if roles else ()
+        unknown = [r for r in role_list if r not in ROLE_SERVICES]
+        if unknown:
+            raise LabError(f"unknown lab role {unknown[0]!r} for host {name!r}; "
+                           f"roles: {', '.join(ROLE_SERVICES)}")
+        specs.append(LabHostSpec(name, role_list))
+    return specs
+
+
+def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a local command; on failure raise LabError with its stderr."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, input=input,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                       f"{(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class Lab:
+    """A fleet of lab hosts. :meth:`up` builds it, :meth:`down` removes every trace."""
+
+    def __init__(
+        self,
+        hosts: Sequence[LabHostSpec] | None = None,
+        *,
+        state_dir: Path | str = DEFAULT_STATE_DIR,
+        inventory_path: Path | str | None = None,
+    ) -> None:
+        self.specs = list(hosts) if hosts is not None else default_fleet()
+        if len(self.specs) > MAX_HOSTS:
+            raise LabError(f"a lab has at most {MAX_HOSTS} hosts, not {len(self.specs)}")
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise LabError(f"lab host names must be unique: {', '.join(names)}")
+        self.state_dir = Path(state_dir)
+        self.inventory_path = Path(inventory_path) if inventory_path else None
+        self._host_script = resources.files("deploykit.testing").joinpath(
+            "labhost.sh").read_text()
+
+    # -- paths and addresses -------------------------------------------------
+
+    @property
+    def identity_file(self) -> Path:
+        """The lab's SSH client private key."""
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """known_hosts with every lab host's key, for strict host key checking."""
+        return self.state_dir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        """An OpenSSH client config naming every lab host."""
+        return self.state_dir / "ssh_config"
+
+    @property
+    def postgres_password_file(self) -> Path:
+        """Password of the ``postgres`` role on db hosts (mode 0600)."""
+        return self.state_dir / "postgres.password"
+
+    def address(self, name: str) -> str:
+        """The lab address of host ``name``."""
+        return str(NETWORK[FIRST_HOST_OCTET + self._index(name)])
+
+    def addresses(self) -> dict[str, str]:
+        """Host name -> address, for every host in the fleet."""
+        return {s.name: self.address(s.name) for s in self.specs}
+
+    def spec(self, name: str) -> LabHostSpec:
+        """The spec of host ``name``; LabError naming the fleet when unknown."""
+        for s in self.specs:
+            if s.name == name:
+                return s
+        raise LabError(f"no lab host {name!r}; hosts: {', '.join(s.name for s in self.specs)}")
+
+    def _index(self, name: str) -> int:
+        return self.specs.index(self.spec(name))
+
+    def _host_dir(self, name: str) -> Path:
+        return self.state_dir / "hosts" / name
+
+    def _netns(self, name: str) -> str:
+        return f"{NETNS_PREFIX}{name}"
+
+    def _veth(self, name: str) -> str:
+        return f"{VETH_PREFIX}{FIRST_HOST_OCTET + self._index(name)}"
+
+    def services(self, name: str) -> tuple[str, ...]:
+        """Services the host runs: sshd plus those of its roles."""
+        result = ["sshd"]
+        for role in self.spec(name).roles:
+            result += ROLE_SERVICES[role]
+        return tuple(result)
+
+    # -- public operations ---------------------------------------------------
+
+    def up(self) -> list[LabHostStatus]:
+        """Build every host that is not already running; idempotent."""
+        self._preflight()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._remove_strangers()
+        self._ensure_client_key()
+        self._ensure_postgres_password()
+        self._ensure_bridge()
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def build(spec: LabHostSpec) -> None:
+            try:
+                self._ensure_host(spec)
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                with lock:
+                    errors.append(f"{spec.name}: {exc}" if not isinstance(exc, LabError)
+                                  else str(exc))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(self.specs))) as pool:
+            list(pool.map(build, self.specs))
+        if errors:
+            raise LabError("lab host failed to start:\n" + "\n".join(errors))
+        self._write_client_files()
+        return self.status()
+
+    def down(self) -> None:
+        """Remove every lab namespace, process, link and file, even of a crashed lab."""
+        namespaces = self._lab_namespaces()
+        self._kill_namespaces(namespaces)
+        for netns in namespaces:
+            _run(["ip", "netns", "delete", netns], check=False)
+        for link in self._lab_links():
+            _run(["ip", "link", "delete", link], check=False)
+        if self.inventory_path is not None:
+            self.inventory_path.unlink(missing_ok=True)
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+
+    def status(self) -> list[LabHostStatus]:
+        """Per host: address, roles, whether it is up, and each service's state."""
+        namespaces = set(self._lab_namespaces())
+        result = []
+        for spec in self.specs:
+            up = self._netns(spec.name) in namespaces and self._anchor_pid(spec.name) is not None
+            services = {s: "absent" for s in self.services(spec.name)}
+            if up:
+                out = self.host_script(spec.name, "status", *self.services(spec.name)).stdout
+                for line in out.splitlines():
+                    service, _, state = line.partition(" ")
+                    services[service] = state
+            result.append(LabHostStatus(spec.name, self.address(spec.name), spec.roles,
+                                        up, services))
+        return result
+
+    def is_up(self) -> bool:
+        """True when every host is up and all its services run."""
+        return all(h.up and all(v == "running" for v in h.services.values())
+                   for h in self.status())
+
+    def nsenter(self, name: str, argv: Sequence[str], *, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside host ``name``'s namespaces, as the machine's root.
+
+        For fault injection and service control from tests; deploykit itself
+        only ever reaches hosts over SSH.
+        """
+        pid = self._anchor_pid(name)
+        if pid is None:
+            raise LabError(f"lab host {name} is not running")
+        return _run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "--", *argv],
+                    check=check, timeout=timeout)
+
+    def host_script(self, name: str, action: str, *services: str,
+                    check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the lab's service control script on a host (``start``/``stop``/``status``)."""
+        return self.nsenter(name, ["sh", "-c", self._host_script, "labhost", action, *services],
+                            check=check)
+
+    def start_service(self, name: str, service: str) -> None:
+        """Start one service on a lab host (no-op when it runs)."""
+        self.host_script(name, "start", service)
+
+    def stop_service(self, name: str, service: str) -> None:
+        """Stop one service on a lab host and wait until it is gone."""
+        self.host_script(name, "stop", service)
+
+    # -- checks ---------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (it creates network namespaces); "
+                           "run as root, e.g. sudo invoke lab.up")
+        roles = {r for s in self.specs for r in s.roles}
+        wanted = {"ip", "unshare", "nsenter", "runuser", "/usr/sbin/sshd", "ssh-keygen"}
+        for role in roles:
+            for program, package in REQUIRED_PROGRAMS.items():
+                if package in ROLE_PACKAGES[role]:
+                    wanted.add(program)
+        missing = sorted({REQUIRED_PROGRAMS[p] for p in wanted
+                          if shutil.which(p) is None and not os.access(p, os.X_OK)})
+        if missing:
+            raise LabError(f"programs the lab needs are missing; install them with: "
+                           f"apt-get install {' '.join(missing)}")
+        out = _run(["ip", "-o", "-4", "addr", "show"]).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) < 4 or parts[1] == BRIDGE:
+                continue
+            iface = ipaddress.ip_interface(parts[3])
+            if iface.network.overlaps(NETWORK):
+                raise LabError(f"the lab's address range {NETWORK} is already in use on "
+                               f"interface {parts[1]} ({parts[3]}); remove it or stop what uses it")
+
+    # -- building -------------------------------------------------------------
+
+    def _remove_strangers(self) -> None:
+        """Tear down lab namespaces that are not part of this fleet (or broken)."""
+        wanted = {self._netns(s.name) for s in self.specs}
+        for netns in self._lab_namespaces():
+            name = netns[len(NETNS_PREFIX):]
+            broken = netns in wanted and self._anchor_pid(name) is None
+            if netns not in wanted or broken:
+                self._kill_namespaces([netns])
+                _run(["ip", "netns", "delete", netns], check=False)
+                if netns not in wanted:
+                    shutil.rmtree(self._host_dir(name), ignore_errors=True)
+        # veths whose namespace disappeared are deleted with it; a stale one blocks reuse
+        expected = {self._veth(s.name) for s in self.specs} | {BRIDGE}
+        live = set(self._lab_namespaces())
+        for link in self._lab_links():
+            if link not in expected:
+                _run(["ip", "link", "delete", link], check=False)
+            elif link != BRIDGE:
+                owner = next(s.name for s in self.specs if self._veth(s.name) == link)
+                if self._netns(owner) not in live:
+                    _run(["ip", "link", "delete", link], check=False)
+
+    def _ensure_client_key(self) -> None:
+        if not self.identity_file.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploykit-lab",
+                  "-f", str(self.identity_file)])
+
+    def _ensure_postgres_password(self) -> None:
+        if not self.postgres_password_file.exists():
+            fd = os.open(self.postgres_password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(18).hex())
+
+    def _ensure_bridge(self) -> None:
+        if _run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
+            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
+        _run(["ip", "link", "set", BRIDGE, "up"])
+
+    def _ensure_host(self, spec: LabHostSpec) -> None:
+        netns = self._netns(spec.name)
+        if netns not in self._lab_namespaces():
+            self._provision_files(spec)
+            self._create_network(spec)
+        if self._anchor_pid(spec.name) is None:
+            self._start_anchor(spec)
+        proc = self.host_script(spec.name, "start", *self.services(spec.name), check=False)
+        if proc.returncode != 0:
+            log = self._host_dir(spec.name) / "fs/var/log"
+            raise LabError(f"{spec.name}: services did not start: {proc.stderr.strip()}\n"
+                           f"--- {log}/labhost.log ---\n{_tail(log / 'labhost.log')}\n"
+                           f"--- {log}/sshd.log ---\n{_tail(log / 'sshd.log')}")
+        self._wait_for_ssh(spec.name)
+
+    def _create_network(self, spec: LabHostSpec) -> None:
+        netns, veth = self._netns(spec.name), self._veth(spec.name)
+        _run(["ip", "netns", "add", netns])
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+        _run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        _run(["ip", "-n", netns, "addr", "add",
+              f"{self.address(spec.name)}/{NETWORK.prefixlen}", "dev", "eth0"])
+        _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+
+    def _provision_files(self, spec: LabHostSpec) -> None:
+        """Write the host's private directories (fresh each time its namespace is created)."""
+        root = self._host_dir(spec.name)
+        shutil.rmtree(root, ignore_errors=True)
+        fs = root / "fs"
+        for d in PRIVATE_DIRS:
+            (fs / d).mkdir(parents=True, exist_ok=True)
+        (fs / "var/lib/dpkg").mkdir()  # the machine's package database, bound read-only
+        for d in ("var/log/nginx", "var/log/postgresql", "var/log/redis",
+                  "var/log/supervisor", "etc/supervisor/conf.d", "var/lib/nginx",
+                  "var/lib/redis"):
+            (fs / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(fs / "root", 0o700)
+        (fs / "root/.bashrc").write_text(labconfig.ROOT_BASHRC)
+        (fs / "root/.profile").write_text(labconfig.ROOT_PROFILE)
+        (root / "hosts").write_text(labconfig.etc_hosts(spec.name, self.addresses()))
+
+        ssh = fs / "etc/ssh"
+        (ssh / "sshd_config").write_text(labconfig.SSHD_CONFIG)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", spec.name,
+              "-f", str(ssh / "ssh_host_ed25519_key")])
+        authorized = ssh / "authorized_keys"
+        authorized.write_text(Path(f"{self.identity_file}.pub").read_text())
+        os.chmod(authorized, 0o600)
+
+        if "web" in spec.roles:
+            nginx = fs / "etc/nginx"
+            shutil.rmtree(nginx)
+            shutil.copytree("/etc/nginx", nginx, symlinks=True)
+            (nginx / "nginx.conf").write_text(labconfig.NGINX_CONF)
+            for site in (nginx / "sites-enabled").iterdir():
+                site.unlink()
+            (nginx / "sites-enabled/default").write_text(labconfig.NGINX_DEFAULT_SITE)
+            (fs / "etc/supervisor/supervisord.conf").write_text(labconfig.SUPERVISORD_CONF)
+        if "db" in spec.roles:
+            (fs / "etc/redis/redis.conf").write_text(labconfig.REDIS_CONF)
+            for d in ("var/lib/redis", "var/log/redis"):
+                shutil.chown(fs / d, "redis", "redis")
+            shutil.chown(fs / "var/log/postgresql", "postgres", "postgres")
+            self._init_postgres(fs)
+
+    def _init_postgres(self, fs: Path) -> None:
+        data = fs / PG_DATA
+        data.parent.mkdir(parents=True)
+        for d in (fs / "var/lib/postgresql", data.parent):
+            shutil.chown(d, "postgres", "postgres")
+        pwfile = data.parent / ".pwfile"
+        pwfile.write_text(self.postgres_password_file.read_text())
+        shutil.chown(pwfile, "postgres", "postgres")
+        os.chmod(pwfile, 0o600)
+        try:
+            _run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/initdb",
+                  "-D", str(data), "-U", "postgres", "--no-sync", "--no-locale", "-E", "UTF8",
+                  "--auth-local=peer", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"],
+                 timeout=120)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with open(data / "postgresql.conf", "a") as f:
+            f.write(labconfig.POSTGRESQL_CONF_EXTRA)
+        with open(data / "pg_hba.conf", "a") as f:
+            f.write(labconfig.PG_HBA_EXTRA)
+
+    def _mount_script(self, spec: LabHostSpec) -> str:
+        """Shell run inside the fresh mount/UTS namespace: private dirs, then the anchor."""
+        root = self._host_dir(spec.name)
+        fs = root / "fs"
+        lines = [
+            "set -e",
+            f"hostname {spec.name}",
+            f"mount --bind /var/lib/dpkg {fs}/var/lib/dpkg",
+            f"mount -o remount,bind,ro {fs}/var/lib/dpkg",
+        ]
+        for d in PRIVATE_DIRS:
+            lines.append(f"mount --rbind {fs}/{d} /{d}")
+        lines += [
+            f"mount --bind {root}/hosts /etc/hosts",
+            "mount -t tmpfs -o mode=1777,size=256m tmpfs /tmp",
+            "mount -t tmpfs -o mode=1777,size=64m tmpfs /dev/shm",
+            "mount -t tmpfs -o mode=755,size=64m tmpfs /run",
+            f"touch {root}/ready",
+            "exec sleep infinity",
+        ]
+        return "\n".join(lines)
+
+    def _start_anchor(self, spec: LabHostSpec) -> None:
+        root = self._host_dir(spec.name)
+        (root / "ready").unlink(missing_ok=True)
+        log = open(root / "anchor.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self._netns(spec.name),
+                 "unshare", "--mount", "--uts", "--ipc", "--propagation", "private",
+                 "sh", "-c", self._mount_script(spec)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (root / "ready").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{spec.name}: namespace setup failed:\n"
+                               f"{_tail(root / 'anchor.log')}")
+            time.sleep(0.01)
+        (root / "anchor.pid").write_text(str(proc.pid))
+
+    def _wait_for_ssh(self, name: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        address = self.address(name)
+        while True:
+            try:
+                with socket.create_connection((address, 22), timeout=1) as sock:
+                    if sock.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = self._host_dir(name) / "fs/var/log/sshd.log"
+                raise LabError(f"{name}: sshd does not answer on {address}:22\n"
+                               f"--- {log} ---\n{_tail(log)}")
+            time.sleep(0.05)
+
+    def _write_client_files(self) -> None:
+        keys = []
+        for spec in self.specs:
+            pub = self._host_dir(spec.name) / "fs/etc/ssh/ssh_host_ed25519_key.pub"
+            kind, key = pub.read_text().split()[:2]
+            keys.append(f"{self.address(spec.name)} {kind} {key}\n")
+        self.known_hosts.write_text("".join(keys))
+        self.ssh_config.write_text(labconfig.ssh_client_config(
+            self.addresses(), str(self.identity_file), str(self.known_hosts)))
+        (self.state_dir / "fleet.json").write_text(json.dumps(
+            [{"name": s.name, "roles": list(s.roles)} for s in self.specs]))
+        if self.inventory_path is not None:
+            self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
+            self.inventory_path.write_text(
+                "# Written by `invoke lab.up`; removed by `invoke lab.down`.\n"
+                + yaml.safe_dump(self.inventory(), sort_keys=False))
+
+    def inventory(self) -> dict[str, object]:
+        """The fleet as an Ansible-style inventory mapping (what lab.yml holds)."""
+        versions = _package_versions([p for r in ROLE_PACKAGES.values() for p in r])
+        groups: dict[str, dict[str, object]] = {}
+        for spec in self.specs:
+            host_vars: dict[str, object] = {"address": self.address(spec.name),
+                                            "roles": list(spec.roles)}
+            for role in spec.roles:
+                for package in ROLE_PACKAGES[role]:
+                    host_vars[f"{package.split('-')[0]}_version"] = versions.get(package, "")
+            if "db" in spec.roles:
+                host_vars.update(postgres_port=5432, postgres_user="postgres",
+                                 postgres_password_file=str(self.postgres_password_file),
+                                 redis_port=6379)
+            for group in spec.roles or ("ungrouped",):
+                groups.setdefault(group, {"hosts": {}})["hosts"][spec.name] = dict(host_vars)  # type: ignore[index]
+        return {"all": {
+            "vars": {"user": "root", "identity_file": str(self.identity_file),
+                     "known_hosts": str(self.known_hosts), "lab": True},
+            "children": groups,
+        }}
+
+    # -- finding and removing -------------------------------------------------
+
+    def _anchor_pid(self, name: str) -> int | None:
+        try:
+            pid = int((self._host_dir(name) / "anchor.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    @staticmethod
+    def _lab_namespaces() -> list[str]:
+        out = _run(["ip", "netns", "list"], check=False).stdout
+        return [line.split()[0] for line in out.splitlines()
+                if line.startswith(NETNS_PREFIX)]
+
+    @staticmethod
+    def _lab_links() -> list[str]:
+        out = _run(["ip", "-o", "link", "show"], check=False).stdout
+        links = []
+        for line in out.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith(VETH_PREFIX):
+                links.append(name)
+        return links
+
+    @staticmethod
+    def _kill_namespaces(namespaces: Sequence[str]) -> None:
+        """Stop every process in the given namespaces by PID: TERM, then KILL after 2 s."""
+        def pids() -> list[int]:
+            found: list[int] = []
+            for netns in namespaces:
+                out = _run(["ip", "netns", "pids", netns], check=False).stdout
+                found += [int(p) for p in out.split()]
+            return found
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            targets = pids()
+            if not targets:
+                return
+            for pid in targets:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(_pid_alive(p) for p in targets):
+                time.sleep(0.02)
+
+
+def _package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Installed Debian package versions, by package name (one dpkg-query call)."""
+    proc = _run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *packages], check=False)
+    return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+
+
+def load_fleet(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[LabHostSpec] | None:
+    """The fleet of the lab currently written in ``state_dir``, or None when there is none."""
+    try:
+        data = json.loads((Path(state_dir) / "fleet.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [LabHostSpec(h["name"], tuple(h["roles"])) for h in data]
