@@ -13,17 +13,20 @@ Each lab host is
   role nginx + supervisord (``web``) or PostgreSQL 15 + redis-server (``db``).
 
 Programs (/usr) are the machine's; only configuration and state are private.
-Everything the lab creates is named ``dklab*`` and lives under
-:data:`DEFAULT_STATE_DIR`, so :meth:`Lab.down` can find and remove it even when
+Everything a lab creates is named after it (``dklab`` by default: namespaces
+``dklab-<host>``, bridge ``dklab0``, veths ``dklab<n>``) and its files live in
+``STATE_ROOT/<name>``, so :meth:`Lab.down` can find and remove it even when
 the process that created it crashed.  Nothing touches the machine's hostname,
 /etc or /root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,14 +44,11 @@ import yaml
 from deploykit.errors import LabError
 from deploykit.testing import labconfig
 
-DEFAULT_STATE_DIR = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"))
-NETWORK = ipaddress.ip_network("198.18.0.0/24")
-GATEWAY = "198.18.0.1"
-FIRST_HOST_OCTET = 11
+STATE_ROOT = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"))
+DEFAULT_NAME = "dklab"
+DEFAULT_NETWORK = "198.18.0.0/25"  # the lower half of 198.18.0.0/24; tests use the upper
+HOST_OFFSET = 11  # first host is the network's 11th address: 198.18.0.11
 MAX_HOSTS = 20
-BRIDGE = "dklab0"
-NETNS_PREFIX = "dklab-"
-VETH_PREFIX = "dklab"
 
 ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisord"),
@@ -161,7 +161,9 @@ class Lab:
         self,
         hosts: Sequence[LabHostSpec] | None = None,
         *,
-        state_dir: Path | str = DEFAULT_STATE_DIR,
+        name: str = DEFAULT_NAME,
+        network: str = DEFAULT_NETWORK,
+        state_dir: Path | str | None = None,
         inventory_path: Path | str | None = None,
     ) -> None:
         self.specs = list(hosts) if hosts is not None else default_fleet()
@@ -170,7 +172,15 @@ class Lab:
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise LabError(f"lab host names must be unique: {', '.join(names)}")
-        self.state_dir = Path(state_dir)
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,7}", name):
+            raise LabError(f"lab name {name!r}: 2-8 lowercase letters and digits")
+        self.name = name
+        self.network = ipaddress.ip_network(network)
+        if self.network.num_addresses < HOST_OFFSET + MAX_HOSTS + 1:
+            raise LabError(f"lab network {network} is too small for {MAX_HOSTS} hosts")
+        self.gateway = str(self.network[1])
+        self.bridge = f"{name}0"
+        self.state_dir = Path(state_dir) if state_dir else STATE_ROOT / name
         self.inventory_path = Path(inventory_path) if inventory_path else None
         self._host_script = resources.files("deploykit.testing").joinpath(
             "labhost.sh").read_text()
@@ -199,7 +209,7 @@ class Lab:
 
     def address(self, name: str) -> str:
         """The lab address of host ``name``."""
-        return str(NETWORK[FIRST_HOST_OCTET + self._index(name)])
+        return str(self.network[HOST_OFFSET + self._index(name)])
 
     def addresses(self) -> dict[str, str]:
         """Host name -> address, for every host in the fleet."""
@@ -219,10 +229,10 @@ class Lab:
         return self.state_dir / "hosts" / name
 
     def _netns(self, name: str) -> str:
-        return f"{NETNS_PREFIX}{name}"
+        return f"{self.name}-{name}"
 
     def _veth(self, name: str) -> str:
-        return f"{VETH_PREFIX}{FIRST_HOST_OCTET + self._index(name)}"
+        return f"{self.name}{HOST_OFFSET + self._index(name)}"
 
     def services(self, name: str) -> tuple[str, ...]:
         """Services the host runs: sshd plus those of its roles."""
@@ -271,6 +281,8 @@ class Lab:
             self.inventory_path.unlink(missing_ok=True)
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
+        with contextlib.suppress(OSError):
+            self.state_dir.parent.rmdir()  # only when no other lab lives there
 
     def status(self) -> list[LabHostStatus]:
         """Per host: address, roles, whether it is up, and each service's state."""
@@ -340,11 +352,11 @@ class Lab:
         out = _run(["ip", "-o", "-4", "addr", "show"]).stdout
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) < 4 or parts[1] == BRIDGE:
+            if len(parts) < 4 or parts[1] == self.bridge:
                 continue
             iface = ipaddress.ip_interface(parts[3])
-            if iface.network.overlaps(NETWORK):
-                raise LabError(f"the lab's address range {NETWORK} is already in use on "
+            if iface.network.overlaps(self.network):
+                raise LabError(f"the lab's address range {self.network} is already in use on "
                                f"interface {parts[1]} ({parts[3]}); remove it or stop what uses it")
 
     # -- building -------------------------------------------------------------
@@ -353,7 +365,7 @@ class Lab:
         """Tear down lab namespaces that are not part of this fleet (or broken)."""
         wanted = {self._netns(s.name) for s in self.specs}
         for netns in self._lab_namespaces():
-            name = netns[len(NETNS_PREFIX):]
+            name = netns[len(self.name) + 1:]
             broken = netns in wanted and self._anchor_pid(name) is None
             if netns not in wanted or broken:
                 self._kill_namespaces([netns])
@@ -361,12 +373,12 @@ class Lab:
                 if netns not in wanted:
                     shutil.rmtree(self._host_dir(name), ignore_errors=True)
         # veths whose namespace disappeared are deleted with it; a stale one blocks reuse
-        expected = {self._veth(s.name) for s in self.specs} | {BRIDGE}
+        expected = {self._veth(s.name) for s in self.specs} | {self.bridge}
         live = set(self._lab_namespaces())
         for link in self._lab_links():
             if link not in expected:
                 _run(["ip", "link", "delete", link], check=False)
-            elif link != BRIDGE:
+            elif link != self.bridge:
                 owner = next(s.name for s in self.specs if self._veth(s.name) == link)
                 if self._netns(owner) not in live:
                     _run(["ip", "link", "delete", link], check=False)
@@ -383,10 +395,11 @@ class Lab:
                 f.write(os.urandom(18).hex())
 
     def _ensure_bridge(self) -> None:
-        if _run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
-            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-            _run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
-        _run(["ip", "link", "set", BRIDGE, "up"])
+        if _run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
+            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}",
+                  "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
 
     def _ensure_host(self, spec: LabHostSpec) -> None:
         netns = self._netns(spec.name)
@@ -407,9 +420,9 @@ class Lab:
         netns, veth = self._netns(spec.name), self._veth(spec.name)
         _run(["ip", "netns", "add", netns])
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
-        _run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
         _run(["ip", "-n", netns, "addr", "add",
-              f"{self.address(spec.name)}/{NETWORK.prefixlen}", "dev", "eth0"])
+              f"{self.address(spec.name)}/{self.network.prefixlen}", "dev", "eth0"])
         _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", netns, "link", "set", "lo", "up"])
 
@@ -582,19 +595,20 @@ class Lab:
             return None
         return pid if _pid_alive(pid) else None
 
-    @staticmethod
-    def _lab_namespaces() -> list[str]:
+    def _lab_namespaces(self) -> list[str]:
+        """This lab's network namespaces, found in the kernel (not in our state files)."""
         out = _run(["ip", "netns", "list"], check=False).stdout
         return [line.split()[0] for line in out.splitlines()
-                if line.startswith(NETNS_PREFIX)]
+                if line.startswith(f"{self.name}-")]
 
-    @staticmethod
-    def _lab_links() -> list[str]:
+    def _lab_links(self) -> list[str]:
+        """This lab's bridge and root-side veths, found in the kernel."""
         out = _run(["ip", "-o", "link", "show"], check=False).stdout
+        pattern = re.compile(rf"{self.name}\d+")
         links = []
         for line in out.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
-            if name.startswith(VETH_PREFIX):
+            if pattern.fullmatch(name):
                 links.append(name)
         return links
 
@@ -628,10 +642,10 @@ def _package_versions(packages: Iterable[str]) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
 
-def load_fleet(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[LabHostSpec] | None:
-    """The fleet of the lab currently written in ``state_dir``, or None when there is none."""
+def load_fleet(name: str = DEFAULT_NAME) -> list[LabHostSpec] | None:
+    """The fleet of the running lab ``name``, or None when it is down."""
     try:
-        data = json.loads((Path(state_dir) / "fleet.json").read_text())
+        data = json.loads((STATE_ROOT / name / "fleet.json").read_text())
     except (OSError, ValueError):
         return None
     return [LabHostSpec(h["name"], tuple(h["roles"])) for h in data]

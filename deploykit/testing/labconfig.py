@@ -107,7 +107,7 @@ max_connections = 40
 """
 
 PG_HBA_EXTRA = """
-# deploykit lab: the lab network and the controller
+# deploykit lab: every lab network (198.18.0.0/24) and the controller
 host all all 198.18.0.0/24 scram-sha-256
 """
 

@@ -68,8 +68,15 @@ stop_one() {
 action="$1"; shift
 for service in "$@"; do
   case "$action" in
-    start) running "$service" || { start_one "$service" </dev/null >>/var/log/labhost.log 2>&1 && wait_for running "$service"; } ;;
-    stop) stop_one "$service" </dev/null >>/var/log/labhost.log 2>&1 ;;
+    start)
+      if ! running "$service"; then
+        if ! start_one "$service" </dev/null >>/var/log/labhost.log 2>&1; then
+          echo "labhost: $service failed to start (see /var/log/labhost.log)" >&2
+          exit 1
+        fi
+        wait_for running "$service" || exit 1
+      fi ;;
+    stop) stop_one "$service" </dev/null >>/var/log/labhost.log 2>&1 || exit 1 ;;
     status) if running "$service"; then echo "$service running"; else echo "$service stopped"; fi ;;
     *) echo "labhost: unknown action '$action'" >&2; exit 2 ;;
   esac
