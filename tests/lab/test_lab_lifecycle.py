@@ -1,6 +1,6 @@
 """Building and tearing down a lab: idempotent, leaves nothing, fails clearly.
 
-These tests build their own small lab ``dktest`` in 198.18.0.128/25, beside the
+These tests build their own small lab ``dktest`` in 198.18.0.128/27, beside the
 session's lab, so they never disturb it.
 """
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.lab
 if os.geteuid() != 0:
     pytest.skip("the lab needs root", allow_module_level=True)
 
-NETWORK = "198.18.0.128/25"
+NETWORK = "198.18.0.128/27"
 FLEET = [LabHostSpec("t-web", ("web",)), LabHostSpec("t-db", ("db",))]
 
 
@@ -86,10 +86,10 @@ def test_down_after_a_crash_removes_what_the_state_files_forgot(test_lab: Lab) -
 
 def test_address_range_in_use_is_a_clear_error(test_lab: Lab) -> None:
     subprocess.run("ip link add dkzz type veth peer name dkzy && "
-                   "ip addr add 198.18.0.200/32 dev dkzz",
+                   "ip addr add 198.18.0.150/32 dev dkzz",
                    shell=True, check=True)
     try:
-        with pytest.raises(LabError, match=r"198\.18\.0\.128/25 is already in use on interface dkzz"):
+        with pytest.raises(LabError, match=r"198\.18\.0\.128/27 is already in use on interface dkzz"):
             test_lab.up()
     finally:
         subprocess.run(["ip", "link", "delete", "dkzz"], check=True)

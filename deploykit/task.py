@@ -1,0 +1,203 @@
+"""The task contract: probe -> plan -> apply -> re-probe -> Result.
+
+Every task is idempotent and does three things, in this order:
+
+1. **probe**: read the current state on the host, with no side effect. A task
+   gives its read as a shell snippet (:meth:`Task.probe_script`) and turns the
+   snippet's output into facts (:meth:`Task.parse`), so that the runner can
+   batch the probes of many steps into one round trip.
+2. **plan**: compare the facts with the desired state (:meth:`Task.plan`). An
+   empty :class:`Plan` means ``ok`` and nothing is run. A plan carries a human
+   diff: a unified diff for contents, ``a -> b`` for attributes.
+3. **apply**: only for a non-empty plan (:meth:`Task.apply`); then the task is
+   probed again (facts are never trusted after a change) and must plan empty,
+   else the result is ``failed``.
+
+Check mode stops after plan and reports what would change. A task that changes
+something a later failure may need to undo pushes an undo action on the
+:class:`UndoStack` it is given.
+
+A task object is a plain value: build it with a task function
+(``files.directory("/srv/app", mode=0o755)``) and run it on a connection
+directly (``task.run(conn)``) or hand it to :class:`deploykit.runner.Runner`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from deploykit.connection import Connection
+from deploykit.errors import DeployError
+from deploykit.result import Result, Status
+from deploykit.secrets import Secret
+
+Facts = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the host and the desired state.
+
+    ``attribute`` names what differs (``content``, ``mode``, ``state``, ...);
+    ``before``/``after`` are short human forms; ``diff`` is a unified diff for
+    contents (empty for attributes).
+    """
+
+    attribute: str
+    before: str | None
+    after: str | None
+    diff: str = ""
+
+    def render(self) -> str:
+        """``attribute: before -> after``, followed by the diff when there is one."""
+        line = f"{self.attribute}: {self.before if self.before is not None else '(none)'}" \
+               f" -> {self.after if self.after is not None else '(none)'}"
+        return f"{line}\n{self.diff}".rstrip("\n") if self.diff else line
+
+
+@dataclass
+class Plan:
+    """What a task would change; empty means the host is already as desired."""
+
+    changes: list[Change] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def add(self, attribute: str, before: object, after: object, diff: str = "") -> None:
+        """Record one difference."""
+        self.changes.append(Change(attribute, None if before is None else str(before),
+                                   None if after is None else str(after), diff))
+
+    def has(self, attribute: str) -> bool:
+        """True when the plan changes ``attribute``."""
+        return any(c.attribute == attribute for c in self.changes)
+
+    def render(self) -> str:
+        """The human diff of the whole plan."""
+        return "\n".join(c.render() for c in self.changes)
+
+
+@dataclass(frozen=True)
+class UndoAction:
+    """A way back: ``run(conn)`` restores what a task changed."""
+
+    description: str
+    run: Callable[[Connection], None]
+
+
+@dataclass
+class UndoStack:
+    """Undo actions pushed by tasks on one host, run last-in first-out on failure."""
+
+    actions: list[UndoAction] = field(default_factory=list)
+
+    def push(self, description: str, action: Callable[[Connection], None]) -> None:
+        """Register how to undo a change that was just made."""
+        self.actions.append(UndoAction(description, action))
+
+    def unwind(self, conn: Connection) -> tuple[list[str], list[str]]:
+        """Run every action in reverse; return ``(undone, not_undone_with_reason)``."""
+        undone: list[str] = []
+        failed: list[str] = []
+        while self.actions:
+            action = self.actions.pop()
+            try:
+                action.run(conn)
+                undone.append(action.description)
+            except DeployError as exc:
+                failed.append(f"{action.description}: {exc.message}")
+        return undone, failed
+
+
+class Task(ABC):
+    """Base of every task: subclasses say how to probe, plan and apply."""
+
+    kind: ClassVar[str] = "task"
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """What reports call this step: the given name, else ``kind target``."""
+        return self._name or f"{self.kind} {self.target()}".strip()
+
+    def target(self) -> str:
+        """Short description of what the task acts on (a path, a user name)."""
+        return ""
+
+    @property
+    def secrets(self) -> Sequence[Secret]:
+        """Secrets this task handles, to be redacted in every output."""
+        return ()
+
+    @abstractmethod
+    def probe_script(self) -> str:
+        """A read-only shell snippet whose stdout :meth:`parse` understands.
+
+        It runs in a subshell, possibly batched with other tasks' probes, so it
+        must not rely on its exit code and must print nothing it doesn't own.
+        """
+
+    @abstractmethod
+    def parse(self, output: str) -> Facts:
+        """Turn the probe snippet's stdout into facts."""
+
+    @abstractmethod
+    def plan(self, conn: Connection, facts: Facts) -> Plan:
+        """Compare facts with the desired state. May read more (e.g. old content for a
+        diff) through ``conn`` with ``write=False``; must never write."""
+
+    @abstractmethod
+    def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
+        """Make the host match the plan; push undo actions for what can be undone."""
+
+    def changed_after_apply(self, conn: Connection, facts: Facts) -> Plan:
+        """Re-probe after apply; the plan must now be empty. Override for tasks whose
+        effect cannot be re-probed (e.g. running a command)."""
+        return self.plan(conn, self.probe(conn))
+
+    def probe(self, conn: Connection) -> Facts:
+        """Run this task's probe alone (one round trip) and parse it."""
+        return self.parse(conn.run(self.probe_script(), write=False, task=self.name).stdout)
+
+    def run(
+        self,
+        conn: Connection,
+        *,
+        check: bool = False,
+        facts: Facts | None = None,
+        undo: UndoStack | None = None,
+    ) -> Result:
+        """Probe (unless ``facts`` are given), plan, and apply unless ``check``.
+
+        Never raises for a failure on the host: a :class:`DeployError` becomes a
+        ``failed`` Result naming the reason.
+        """
+        started = time.monotonic()
+        conn.secrets.update(self.secrets)
+
+        def result(status: Status, diff: str = "", message: str = "") -> Result:
+            return Result(host=conn.name, task=self.name, status=status, diff=diff,
+                          message=message, duration=time.monotonic() - started, check=check)
+
+        try:
+            current = facts if facts is not None else self.probe(conn)
+            plan = self.plan(conn, current)
+            if not plan:
+                return result(Status.OK)
+            if check:
+                return result(Status.CHANGED, plan.render(), "would change (check mode)")
+            self.apply(conn, current, plan, undo if undo is not None else UndoStack())
+            remaining = self.changed_after_apply(conn, current)
+            if remaining:
+                return result(Status.FAILED, plan.render(),
+                              f"still differs after apply: {remaining.render()}")
+            return result(Status.CHANGED, plan.render())
+        except DeployError as exc:
+            return result(Status.FAILED, message=exc.message)
