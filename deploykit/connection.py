@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import select
 import socket
 import threading
@@ -33,6 +34,7 @@ import paramiko
 
 from deploykit.errors import (
     AuthenticationError,
+    ConfigError,
     ConnectError,
     HostKeyError,
     RemoteCommandError,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deploykit.connection")
 
 _READ_SIZE = 65536
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _key_cache: dict[str, paramiko.PKey] = {}
 _key_cache_lock = threading.Lock()
 
@@ -240,6 +243,10 @@ class Connection:
     def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None
               ) -> str:
         if env:
+            bad = [k for k in env if not _ENV_NAME.fullmatch(k)]
+            if bad:
+                raise ConfigError(f"invalid environment variable name {bad[0]!r}",
+                                  host=self.name)
             exports = " ".join(f"{k}={quote(v)}" for k, v in env.items())
             command = f"export {exports}; {command}"
         become = self.host.become if sudo is None else sudo
@@ -358,7 +365,9 @@ class Connection:
         The bytes go into a temporary file beside the target, their SHA-256 is
         checked on the host, mode and owner are set, then one ``mv`` replaces
         the target. Returns False (and sends nothing) when the remote file
-        already has the same content and ``skip_identical`` is set.
+        already has the same content and ``skip_identical`` is set. The
+        checksum travels in the environment, never in the logged command (a
+        hash of a weak secret could be guessed back).
         """
         if isinstance(data, Path):
             payload = data.read_bytes()
@@ -375,7 +384,7 @@ class Connection:
             f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
             "trap 'rm -f \"$tmp\"' EXIT",
             'cat > "$tmp"',
-            f'[ "$(sha256sum < "$tmp" | cut -c1-64)" = {digest} ] || '
+            '[ "$(sha256sum < "$tmp" | cut -c1-64)" = "$DK_SHA256" ] || '
             '{ echo "checksum mismatch after upload" >&2; exit 3; }',
         ]
         if mode is not None:
@@ -386,7 +395,7 @@ class Connection:
         if owner or group:
             steps.append(f'chown {quote((owner or "") + (":" + group if group else ""))} "$tmp"')
         steps += [f'mv -f -- "$tmp" {dest}', "trap - EXIT"]
-        self.run("\n".join(steps), stdin=payload, sudo=sudo)
+        self.run("\n".join(steps), stdin=payload, sudo=sudo, env={"DK_SHA256": digest})
         return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,

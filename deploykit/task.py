@@ -164,7 +164,8 @@ class Task(ABC):
 
     def probe(self, conn: Connection) -> Facts:
         """Run this task's probe alone (one round trip) and parse it."""
-        return self.parse(conn.run(self.probe_script(), write=False, task=self.name).stdout)
+        result = conn.run(self.probe_script(), write=False, check=False, task=self.name)
+        return self.parse(result.stdout)
 
     def run(
         self,

@@ -5,6 +5,7 @@ deploykit gets these fixtures:
 
 ``lab``            session-scoped :class:`~deploykit.testing.lab.Lab`, brought up
                    once and always torn down (even when tests fail)
+``clean_lab``      the same lab, reset after the test (no rebuild)
 ``lab_inventory``  the lab as a :class:`~deploykit.inventory.Inventory`
 ``lab_host``       ``lab_host("web-1")`` -> a testinfra host over deploykit's SSH
 ``lab_connection`` ``lab_connection("web-1")`` -> a fresh deploykit Connection
@@ -38,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a lab fixture, and skip them all when not root."""
-    lab_fixtures = {"lab", "lab_inventory", "lab_host", "lab_connection"}
+    lab_fixtures = {"lab", "clean_lab", "lab_inventory", "lab_host", "lab_connection"}
     for item in items:
         if lab_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
@@ -58,6 +59,13 @@ def lab() -> Iterator[Lab]:
         yield fleet
     finally:
         fleet.down()
+
+
+@pytest.fixture
+def clean_lab(lab: Lab) -> Iterator[Lab]:
+    """The session's lab, reset after the test (empty /srv, /var/backups, /tmp; services up)."""
+    yield lab
+    lab.reset()
 
 
 @pytest.fixture(scope="session")

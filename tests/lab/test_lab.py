@@ -106,7 +106,7 @@ def test_unknown_host_key_is_refused(lab_inventory: Inventory, tmp_path: Path) -
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     host = dataclasses.replace(lab_inventory.host("web-1"), known_hosts=str(empty))
-    with pytest.raises(HostKeyError, match="unknown.*ssh-keyscan"):
+    with pytest.raises(HostKeyError, match=r"unknown.*ssh-keyscan"):
         Connection(host).open()
     assert empty.read_text() == ""  # never added on its own
 

@@ -33,12 +33,14 @@ def _sh(cmd: str) -> str:
 def _traces(lab: Lab) -> dict[str, str]:
     """Everything of the test lab visible from the root namespace."""
     return {
-        "netns": "\n".join(l for l in _sh("ip netns list").splitlines() if l.startswith("dktest-")),
-        "links": "\n".join(l for l in _sh("ip -o link show").splitlines() if " dktest" in l),
-        "mounts": "\n".join(l for l in _sh("findmnt -rn -o TARGET,SOURCE").splitlines()
-                            if "dktest" in l),
-        "processes": "\n".join(l for l in _sh("ps -eo pid,stat,args").splitlines()
-                               if str(lab.state_dir) in l and " Z" not in l),
+        "netns": "\n".join(line for line in _sh("ip netns list").splitlines()
+                            if line.startswith("dktest-")),
+        "links": "\n".join(line for line in _sh("ip -o link show").splitlines()
+                            if " dktest" in line),
+        "mounts": "\n".join(line for line in _sh("findmnt -rn -o TARGET,SOURCE").splitlines()
+                            if "dktest" in line),
+        "processes": "\n".join(line for line in _sh("ps -eo pid,stat,args").splitlines()
+                               if str(lab.state_dir) in line and " Z" not in line),
         "files": "present" if lab.state_dir.exists() else "",
     }
 
@@ -89,7 +91,8 @@ def test_address_range_in_use_is_a_clear_error(test_lab: Lab) -> None:
                    "ip addr add 198.18.0.150/32 dev dkzz",
                    shell=True, check=True)
     try:
-        with pytest.raises(LabError, match=r"198\.18\.0\.128/27 is already in use on interface dkzz"):
+        with pytest.raises(LabError,
+                           match=r"198\.18\.0\.128/27 is already in use on interface dkzz"):
             test_lab.up()
     finally:
         subprocess.run(["ip", "link", "delete", "dkzz"], check=True)

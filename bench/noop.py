@@ -1,0 +1,118 @@
+"""Benchmark: the same workload applied by deploykit and by pyinfra, cold and no-op.
+
+    .venv/bin/python bench/noop.py [--runs 5] [--no-pyinfra]
+
+Workload per host (bench/workload.py): 5 directories, 20 files, 1 template,
+1 line_in_file. Brings up its own 10-host lab (``dkb``, 198.18.0.224/27), and
+measures for 1 and for 10 hosts: a cold run (after /srv/bench is removed) and a
+no-op run (nothing to change), each as a whole new process, median of N.
+pyinfra runs from its own venv (bench/setup_pyinfra.sh), never a dependency of
+deploykit. Results are printed and written to bench/results/noop.json.
+
+Targets on the 2-core machine: 10-host no-op <= 1.0 s, 1-host no-op <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from deploykit.testing.lab import Lab, default_fleet  # noqa: E402
+
+LAB_NAME, LAB_NETWORK = "dkb", "198.18.0.224/27"
+
+
+def median_time(runs: int, before: Callable[[], None], measure: Callable[[], float]) -> float:
+    """Median wall time of ``runs`` measurements, calling ``before`` ahead of each."""
+    times = []
+    for _ in range(runs):
+        before()
+        times.append(measure())
+    return statistics.median(times)
+
+
+def deploykit_run(inventory: Path, selector: str) -> float:
+    """Wall seconds of one deploykit process applying the workload."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE / "noop_worker.py"), str(inventory), selector],
+                          capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"deploykit run failed:\n{proc.stdout}\n{proc.stderr}")
+    return elapsed
+
+
+def main() -> int:
+    """Run the benchmark and print a table of medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-pyinfra", action="store_true")
+    args = parser.parse_args()
+
+    lab = Lab(default_fleet(10), name=LAB_NAME, network=LAB_NETWORK,
+              inventory_path=HERE / "results" / "lab-bench.yml.tmp")
+    results: dict[str, dict[str, float]] = {}
+    try:
+        lab.up()
+        assert lab.inventory_path is not None
+        names = [s.name for s in lab.specs]
+        scenarios = {1: names[:1], 10: names}
+
+        def wipe(hosts: list[str]) -> Callable[[], None]:
+            return lambda: [lab.nsenter(h, ["rm", "-rf", "/srv/bench"]) for h in hosts]  # type: ignore[func-returns-value]
+
+        for count, hosts in scenarios.items():
+            selector = ",".join(hosts)
+            dk = results.setdefault(f"deploykit {count} host(s)", {})
+            def dk_run(sel: str = selector) -> float:
+                assert lab.inventory_path is not None
+                return deploykit_run(lab.inventory_path, sel)
+
+            dk["cold"] = median_time(args.runs, wipe(hosts), dk_run)
+            dk["noop"] = median_time(args.runs, lambda: None, dk_run)
+            if not args.no_pyinfra:
+                from pyinfra_side import run_pyinfra
+
+                pairs = [(h, lab.address(h)) for h in hosts]
+                work = HERE / "results" / "pyinfra.tmp"
+                work.mkdir(exist_ok=True)
+
+                def py(pairs: list[tuple[str, str]] = pairs, work: Path = work) -> float:
+                    return run_pyinfra(pairs, str(lab.identity_file), str(lab.known_hosts),
+                                       workdir=work)
+                pi = results.setdefault(f"pyinfra {count} host(s)", {})
+                pi["cold"] = median_time(args.runs, wipe(hosts), py)
+                pi["noop"] = median_time(args.runs, lambda: None, py)
+    finally:
+        lab.down()
+
+    print(f"\nmedian wall seconds of {args.runs} runs, whole process, "
+          f"{platform.node()} ({platform.processor() or platform.machine()})")
+    print(f"{'':26} {'cold':>8} {'no-op':>8}")
+    for label, t in results.items():
+        print(f"{label:26} {t['cold']:8.3f} {t['noop']:8.3f}")
+    if not args.no_pyinfra:
+        for count in (1, 10):
+            dk, pi = results[f"deploykit {count} host(s)"], results[f"pyinfra {count} host(s)"]
+            print(f"pyinfra / deploykit, {count:>2} host(s): cold {pi['cold'] / dk['cold']:.1f}x, "
+                  f"no-op {pi['noop'] / dk['noop']:.1f}x")
+    out = HERE / "results" / "noop.json"
+    out.write_text(json.dumps({"runs": args.runs, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "results": results}, indent=2) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

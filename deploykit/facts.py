@@ -1,0 +1,222 @@
+"""Facts: read-only probe snippets and the parsers of their output.
+
+A fact comes in two halves, like pyinfra's ``command()`` / ``process()``: a
+shell snippet that prints what it reads (:func:`path_script`,
+:func:`content_script`) and a parser that turns that output into a value
+(:func:`parse_path`, :func:`parse_content`). Tasks put the snippets in their
+``probe_script`` so that the runner can batch many probes in one round trip;
+a snippet therefore never fails (an absent path prints ``absent``) and prints
+only its own line.
+
+The path line is ``type mode owner group uid gid size sha256 link_target``::
+
+    file 644 root root 0 0 12 5891b5b5...0a27 -
+    link 777 root root 0 0 11 - L3Nydi9hcHAvdjI=
+    directory 2755 www-data www-data 33 33 4096 - -
+    absent
+
+``mode`` is octal, ``sha256`` is ``-`` unless the path is a regular file
+(and the checksum was asked for), ``link_target`` is base64 (a link target
+may hold any byte, spaces and newlines included) or ``-``.
+
+The module also holds the small helpers file tasks share: modes given as
+``0o644`` or ``"0644"``, and the unified diff of two contents.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+from dataclasses import dataclass
+
+from deploykit.errors import ConfigError, TaskError
+from deploykit.shell import quote
+
+__all__ = [
+    "ABSENT",
+    "DIFF_LIMIT",
+    "PathFacts",
+    "content_diff",
+    "content_script",
+    "diff_note",
+    "format_mode",
+    "parse_content",
+    "parse_mode",
+    "parse_path",
+    "path_script",
+]
+
+DIFF_LIMIT = 256 * 1024
+"""Contents larger than this (bytes) get no unified diff, only a note."""
+
+PATH_TYPES = ("file", "directory", "link", "other", "absent")
+
+
+@dataclass(frozen=True)
+class PathFacts:
+    """What is at a path on a host: one parsed :func:`path_script` line.
+
+    ``type`` is ``file``, ``directory``, ``link``, ``other`` (device, socket,
+    fifo) or ``absent``; the other fields are None for an absent path.
+    Attributes of a link are the link's own, not its target's.
+    """
+
+    exists: bool
+    type: str
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    sha256: str | None = None
+    link_target: str | None = None
+
+    def owned_by(self, owner: str | None, group: str | None) -> tuple[bool, bool]:
+        """``(owner matches, group matches)``; a None wish matches, digits compare as ids."""
+
+        def same(wish: str | None, name: str | None, ident: int | None) -> bool:
+            if wish is None:
+                return True
+            return wish == str(ident) if wish.isdigit() else wish == name
+
+        return same(owner, self.owner, self.uid), same(group, self.group, self.gid)
+
+
+ABSENT = PathFacts(exists=False, type="absent")
+
+
+def path_script(path: str, *, checksum: bool = True) -> str:
+    """A snippet printing one :class:`PathFacts` line for ``path``.
+
+    With ``checksum`` a regular file's SHA-256 is computed on the host (the
+    content itself never travels). Never fails: a missing path prints ``absent``.
+    """
+    p = quote(path)
+    stat = f"stat -c '%a %U %G %u %g %s' -- {p} 2>/dev/null"
+    digest = f"$(sha256sum < {p} 2>/dev/null | cut -c1-64)" if checksum else ""
+    return (
+        f"if [ -L {p} ]; then _dk_t=link; _dk_x=-; _dk_l=$(readlink -n -- {p} | base64 -w0); "
+        f"elif [ -f {p} ]; then _dk_t=file; _dk_x={digest or '-'}; _dk_l=-; "
+        f"elif [ -d {p} ]; then _dk_t=directory; _dk_x=-; _dk_l=-; "
+        f"elif [ -e {p} ]; then _dk_t=other; _dk_x=-; _dk_l=-; "
+        f"else _dk_t=absent; fi; "
+        f'if [ "$_dk_t" = absent ]; then echo absent; '
+        f'else echo "$_dk_t $({stat}) ${{_dk_x:--}} ${{_dk_l:--}}"; fi'
+    )
+
+
+def parse_path(output: str) -> PathFacts:
+    """Parse the first line of :func:`path_script` output.
+
+    Raises :class:`TaskError` for output the snippet cannot have printed (the
+    path vanished between tests, or stat failed), so a task fails with the
+    reason instead of acting on wrong facts.
+    """
+    line = output.strip().splitlines()[0] if output.strip() else ""
+    fields = line.split()
+    if fields == ["absent"]:
+        return ABSENT
+    if len(fields) != 9 or fields[0] not in PATH_TYPES:
+        raise TaskError(f"unexpected path probe output: {line!r}")
+    kind, mode, owner, group, uid, gid, size, digest, link = fields
+    try:
+        target = None if link == "-" else base64.b64decode(link, validate=True).decode(
+            "utf-8", "surrogateescape")
+        return PathFacts(
+            exists=True, type=kind, mode=int(mode, 8), owner=owner, group=group,
+            uid=int(uid), gid=int(gid), size=int(size),
+            sha256=None if digest == "-" else digest, link_target=target,
+        )
+    except (ValueError, binascii.Error):
+        raise TaskError(f"unexpected path probe output: {line!r}") from None
+
+
+def content_script(path: str, *, limit: int) -> str:
+    """A snippet printing ``content <base64>`` for a regular file of at most ``limit``
+    bytes, ``content-too-large`` for a bigger one, and nothing otherwise."""
+    p = quote(path)
+    return (
+        f"if [ -f {p} ] && [ ! -L {p} ]; then "
+        f'if [ "$(stat -c %s -- {p})" -le {int(limit)} ]; '
+        f"then printf 'content '; base64 -w0 < {p}; echo; "
+        f"else echo content-too-large; fi; fi"
+    )
+
+
+def parse_content(output: str) -> bytes | None:
+    """The file content from :func:`content_script` output; None when it printed none
+    or the file was too large (then the path facts say why)."""
+    for line in output.splitlines():
+        if line == "content ":
+            return b""
+        if line.startswith("content "):
+            try:
+                return base64.b64decode(line[len("content "):], validate=True)
+            except binascii.Error:
+                raise TaskError("unexpected content probe output (bad base64)") from None
+    return None
+
+
+def parse_mode(mode: int | str | None) -> int | None:
+    """A file mode given as ``0o644``, ``"0644"`` or ``"644"``, as an int (None stays None)."""
+    if mode is None:
+        return None
+    if isinstance(mode, str):
+        try:
+            value = int(mode, 8)
+        except ValueError:
+            raise ConfigError(f"mode {mode!r} is not an octal number like '0644'") from None
+    else:
+        value = mode
+    if not 0 <= value <= 0o7777:
+        raise ConfigError(f"mode {mode!r} is out of range (0000 to 7777 octal)")
+    return value
+
+
+def format_mode(mode: int | None) -> str | None:
+    """``0o644`` -> ``"0644"``, as reports show modes."""
+    return None if mode is None else f"{mode:04o}"
+
+
+def _text(data: bytes) -> str | None:
+    """The content as text, or None when it looks binary (NUL byte or not UTF-8)."""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def diff_note(old_size: int, new: bytes) -> str | None:
+    """Why no diff is shown between an old content of ``old_size`` bytes and ``new``
+    (one is over :data:`DIFF_LIMIT`, or ``new`` is binary), or None when one can be.
+    Lets a task skip fetching the old content when no diff would be shown anyway."""
+    if max(old_size, len(new)) > DIFF_LIMIT:
+        return (f"(no diff: content larger than {DIFF_LIMIT // 1024} KiB; "
+                f"{old_size} -> {len(new)} bytes)")
+    if _text(new) is None:
+        return f"(no diff: binary content; {old_size} -> {len(new)} bytes)"
+    return None
+
+
+def content_diff(old: bytes | None, new: bytes, path: str) -> str:
+    """A unified diff from ``old`` (None: the file does not exist) to ``new``.
+
+    Binary contents and contents over :data:`DIFF_LIMIT` get a one-line note
+    instead, saying why no diff is shown.
+    """
+    before = old or b""
+    note = diff_note(len(before), new)
+    if note is not None:
+        return note
+    old_text, new_text = _text(before), _text(new)
+    if old_text is None or new_text is None:
+        return f"(no diff: binary content; {len(before)} -> {len(new)} bytes)"
+    lines = difflib.unified_diff(
+        old_text.splitlines(keepends=True), new_text.splitlines(keepends=True),
+        fromfile="/dev/null" if old is None else path, tofile=path)
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                   for line in lines).rstrip("\n")

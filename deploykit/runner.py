@@ -1,0 +1,339 @@
+"""Run an explicit, ordered list of steps over a set of hosts.
+
+* Hosts run in parallel in a bounded pool (``forks``, default 10), one SSH
+  connection each, opened in parallel; the steps of one host run in order.
+* Before its first step, a host's probes are batched into **one** round trip;
+  the facts stay valid until a step changes something, after which every
+  later step probes for itself (facts are never trusted after a change).
+* ``serial`` splits the hosts into batches (a count or ``"30%"``); handlers run
+  at the end of each batch on the hosts that notified them and did not fail
+  (``force_handlers`` runs them on failed hosts too).
+* A failing host stops its own steps; the others go on unless more than
+  ``max_fail_percentage`` of the batch failed, which aborts the run.
+* ``retries``/``until``/``delay`` per step; ``when`` skips a step by a host-vars
+  condition (a Jinja2 expression such as ``"app_port > 8000"``, or a callable).
+* Undo: tasks push undo actions as they change things. On failure the runner
+  unwinds them in reverse, on the failed host (``undo="host"``, the default),
+  on every host of the run (``undo="fleet"``), or not at all (``undo="none"``),
+  and the report says what was undone and what could not be.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import secrets as _random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+
+from deploykit.connection import Connection, LoggedCommand
+from deploykit.errors import ConfigError, ConnectError, DeployError
+from deploykit.inventory import Host
+from deploykit.report import NullReporter, Reporter
+from deploykit.result import Result, RunReport, Status
+from deploykit.secrets import Secret
+from deploykit.task import Facts, Task, UndoStack
+
+Condition = str | Callable[[Mapping[str, Any]], bool]
+UndoScope = Literal["host", "fleet", "none"]
+_jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@dataclass
+class Step:
+    """A task plus how to run it within a run."""
+
+    task: Task
+    name: str | None = None
+    when: Condition | None = None
+    retries: int = 0
+    delay: float = 1.0
+    until: Callable[[Result], bool] | None = None
+    notify: Sequence[str] = ()
+    ignore_errors: bool = False
+
+    @property
+    def label(self) -> str:
+        """The step's name in reports."""
+        return self.name or self.task.name
+
+
+def step(task: Task, **options: Any) -> Step:
+    """Wrap a task with run options: ``step(files.file(...), notify=["reload nginx"])``."""
+    return Step(task, **options)
+
+
+@dataclass
+class _HostRun:
+    """What the runner keeps about one host during a run."""
+
+    host: Host
+    conn: Connection | None = None
+    undo: UndoStack = field(default_factory=UndoStack)
+    notified: set[str] = field(default_factory=set)
+    failed: bool = False
+
+
+def evaluate(condition: Condition, host: Host) -> bool:
+    """Evaluate a ``when`` condition against a host's vars (plus ``inventory_hostname``)."""
+    context = {**host.vars, "inventory_hostname": host.name, "group_names": list(host.groups)}
+    if callable(condition):
+        return bool(condition(context))
+    try:
+        return bool(_jinja.compile_expression(condition)(**context))
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"condition {condition!r}: {exc}", host=host.name) from None
+
+
+def batches(hosts: Sequence[Host], serial: int | str | None) -> list[list[Host]]:
+    """Split hosts into serial batches: ``None`` = one batch, ``2`` = pairs, ``"30%"``."""
+    if serial is None or not hosts:
+        return [list(hosts)] if hosts else []
+    if isinstance(serial, str):
+        text = serial.strip()
+        if not text.endswith("%") or not text[:-1].replace(".", "", 1).isdigit():
+            raise ConfigError(f"serial must be a count or a percentage like '30%', not {serial!r}")
+        size = max(1, math.ceil(len(hosts) * float(text[:-1]) / 100))
+    else:
+        if serial < 1:
+            raise ConfigError(f"serial must be at least 1, not {serial}")
+        size = serial
+    return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
+
+
+class Runner:
+    """Runs steps over hosts; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        steps: Sequence[Task | Step],
+        *,
+        handlers: Mapping[str, Task | Sequence[Task]] | None = None,
+        forks: int = 10,
+        serial: int | str | None = None,
+        max_fail_percentage: float | None = None,
+        force_handlers: bool = False,
+        undo: UndoScope = "host",
+        check: bool = False,
+        reporter: Reporter | None = None,
+        run_id: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.steps = [s if isinstance(s, Step) else Step(s) for s in steps]
+        self.handlers = {name: [h] if isinstance(h, Task) else list(h)
+                         for name, h in (handlers or {}).items()}
+        for s in self.steps:
+            unknown = [n for n in s.notify if n not in self.handlers]
+            if unknown:
+                raise ConfigError(f"step {s.label!r} notifies unknown handler {unknown[0]!r}; "
+                                  f"handlers: {', '.join(self.handlers) or '(none)'}")
+        if forks < 1:
+            raise ConfigError(f"forks must be at least 1, not {forks}")
+        if undo not in ("host", "fleet", "none"):
+            raise ConfigError(f"undo must be 'host', 'fleet' or 'none', not {undo!r}")
+        self.forks = forks
+        self.serial = serial
+        self.max_fail_percentage = max_fail_percentage
+        self.force_handlers = force_handlers
+        self.undo_scope = undo
+        self.check = check
+        self.reporter: Reporter = reporter or NullReporter()
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S-") + _random.token_hex(3)
+        self.connect_timeout = connect_timeout
+        self._aborted = threading.Event()
+        self._abort_reason = ""
+        self.logs: dict[str, list[LoggedCommand]] = {}
+        """After :meth:`run`: every command sent, per host (secrets redacted)."""
+
+    # -- the run ---------------------------------------------------------------
+
+    def run(self, hosts: Sequence[Host], *, json_path: str | Path | None = None) -> RunReport:
+        """Run every step on every host; return (and optionally write) the report."""
+        groups = batches(hosts, self.serial)
+        secrets: list[Secret] = [s for st in self._all_tasks() for s in st.secrets]
+        secrets += [h.password for h in hosts if h.password is not None]
+        report = RunReport(run_id=self.run_id, check=self.check, secrets=secrets)
+        self.reporter.run_started([h.name for h in hosts], [s.label for s in self.steps],
+                                  self.check)
+        runs: dict[str, _HostRun] = {}
+        try:
+            for batch in groups:
+                if self._aborted.is_set():
+                    for host in batch:
+                        report.add(Result(host.name, "(run)", Status.SKIPPED,
+                                          message=f"not started: {self._abort_reason}"))
+                    continue
+                batch_runs = [_HostRun(h) for h in batch]
+                runs.update((r.host.name, r) for r in batch_runs)
+                self._in_pool(batch_runs, functools.partial(self._run_host, report=report,
+                                                            batch_size=len(batch)))
+                self._in_pool(batch_runs, lambda r: self._flush_handlers(r, report))
+            if self.undo_scope == "fleet" and any(r.failed for r in runs.values()):
+                self._in_pool(list(runs.values()), lambda r: self._unwind(r, report))
+        finally:
+            for r in runs.values():
+                if r.conn is not None:
+                    self.logs[r.host.name] = list(r.conn.log)
+                    r.conn.close()
+            report.finish()
+            self.reporter.run_finished(report)
+        if json_path is not None:
+            report.write_json(json_path)
+        return report
+
+    def _all_tasks(self) -> list[Task]:
+        return [s.task for s in self.steps] + [t for ts in self.handlers.values() for t in ts]
+
+    def _in_pool(self, runs: list[_HostRun], work: Callable[[_HostRun], None]) -> None:
+        if not runs:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.forks, len(runs))) as pool:
+            list(pool.map(work, runs))
+
+    def _fail_threshold_crossed(self, failed: int, batch_size: int) -> bool:
+        if self.max_fail_percentage is None:
+            return False
+        return failed * 100 / batch_size > self.max_fail_percentage
+
+    def _run_host(self, run: _HostRun, report: RunReport, batch_size: int) -> None:
+        host = run.host
+        conn = Connection(host, connect_timeout=self.connect_timeout)
+        try:
+            conn.open()
+        except ConnectError as exc:
+            run.failed = True
+            report.mark_unreachable(host.name, str(exc))
+            self.reporter.host_failed(host.name, str(exc))
+            self._note_failure(report, batch_size)
+            return
+        run.conn = conn
+        todo: list[tuple[int, Step]] = []
+        for index, st in enumerate(self.steps):
+            try:
+                if st.when is None or evaluate(st.when, host):
+                    todo.append((index, st))
+                else:
+                    report.add(Result(host.name, st.label, Status.SKIPPED,
+                                      message=f"condition is false: {st.when}"))
+            except ConfigError as exc:
+                self._finish_step(run, report, Result(host.name, st.label, Status.FAILED,
+                                                      message=exc.message), batch_size)
+                return
+        prefetched = prefetch(conn, [st.task for _, st in todo])
+        for position, (_, st) in enumerate(todo):
+            if self._aborted.is_set():
+                report.add(Result(host.name, st.label, Status.SKIPPED,
+                                  message=f"not run: {self._abort_reason}"))
+                continue
+            self.reporter.step_started(host.name, st.label)
+            result = self._attempt(st, run, prefetched.get(position))
+            if result.changed and not self.check:
+                prefetched.clear()  # the host changed: later steps probe afresh
+            if result.changed:
+                run.notified.update(st.notify)
+            if not self._finish_step(run, report, result, batch_size, st.ignore_errors):
+                return
+
+    def _finish_step(self, run: _HostRun, report: RunReport, result: Result, batch_size: int,
+                     ignore_errors: bool = False) -> bool:
+        """Record a step's result; on failure stop the host (and maybe the run)."""
+        report.add(result)
+        self.reporter.step_finished(result)
+        if not result.failed or ignore_errors:
+            return True
+        run.failed = True
+        self._note_failure(report, batch_size)
+        if self.undo_scope == "host":
+            self._unwind(run, report)
+        return False
+
+    def _note_failure(self, report: RunReport, batch_size: int) -> None:
+        failed = sum(1 for h in report.hosts.values() if h.failed)
+        if self._fail_threshold_crossed(failed, batch_size) and not self._aborted.is_set():
+            self._abort_reason = (f"{failed} of {batch_size} hosts failed, more than "
+                                  f"max_fail_percentage={self.max_fail_percentage:g}%")
+            self._aborted.set()
+
+    def _attempt(self, st: Step, run: _HostRun, facts: Facts | None) -> Result:
+        """Run a step with its retries/until policy."""
+        assert run.conn is not None
+        attempts = st.retries + 1
+        result = st.task.run(run.conn, check=self.check, facts=facts, undo=run.undo)
+        for attempt in range(2, attempts + 1):
+            if self._satisfied(st, result):
+                break
+            time.sleep(st.delay)
+            result = st.task.run(run.conn, check=self.check, undo=run.undo)
+            result.data["attempts"] = attempt
+        if st.until is not None and not result.failed and not st.until(result):
+            result.status = Status.FAILED
+            result.message = f"until condition not met after {attempts} attempt(s)"
+        if st.name:
+            result.task = st.name
+        return result
+
+    @staticmethod
+    def _satisfied(st: Step, result: Result) -> bool:
+        if result.failed:
+            return False
+        return st.until(result) if st.until is not None else True
+
+    def _flush_handlers(self, run: _HostRun, report: RunReport) -> None:
+        if run.conn is None or not run.notified or (run.failed and not self.force_handlers):
+            return
+        for name, tasks in self.handlers.items():
+            if name not in run.notified:
+                continue
+            for task in tasks:
+                self.reporter.step_started(run.host.name, f"handler: {name}")
+                result = task.run(run.conn, check=self.check, undo=run.undo)
+                result.task = f"handler: {name}"
+                report.add(result)
+                self.reporter.step_finished(result)
+                if result.failed:
+                    run.failed = True
+                    return
+        run.notified.clear()
+
+    def _unwind(self, run: _HostRun, report: RunReport) -> None:
+        if run.conn is None or not run.undo.actions:
+            return
+        undone, failed = run.undo.unwind(run.conn)
+        entry = report.host(run.host.name)
+        entry.undone.extend(undone)
+        entry.undo_failed.extend(failed)
+
+
+def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
+    """Probe many tasks in one round trip; returns facts by task position.
+
+    Each probe runs in its own subshell between marker lines. A task whose
+    section cannot be parsed is left out and probes for itself later.
+    """
+    if not tasks:
+        return {}
+    marker = f"__deploykit_{_random.token_hex(8)}__"
+    parts = []
+    for i, task in enumerate(tasks):
+        parts.append(f"printf '%s\\n' '{marker} {i}'\n( {task.probe_script()}\n)\nprintf '\\n'")
+    try:
+        out = conn.run("\n".join(parts), write=False, check=False).stdout
+    except DeployError:
+        return {}
+    facts: dict[int, Facts] = {}
+    sections = out.split(f"{marker} ")
+    for section in sections[1:]:
+        index_text, _, body = section.partition("\n")
+        try:
+            index = int(index_text)
+            facts[index] = tasks[index].parse(body[:-1] if body.endswith("\n") else body)
+        except (ValueError, IndexError, KeyError, DeployError):
+            continue
+    return facts
