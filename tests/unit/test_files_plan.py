@@ -13,7 +13,6 @@ import base64
 import hashlib
 import inspect
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +22,7 @@ from deploykit import facts
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.facts import ABSENT, PathFacts
+from deploykit.inventory import Host
 from deploykit.result import Status
 from deploykit.secrets import Secret
 from deploykit.task import Plan, Task
@@ -32,10 +32,9 @@ PWNED = "'; touch /tmp/pwned #"
 P = "/srv/app/app.ini"
 
 
-@dataclass
-class FakeHost:
-    name: str = "web-1"
-    vars: dict[str, Any] = field(default_factory=dict)
+def FakeHost(name: str = "web-1", vars: dict[str, Any] | None = None) -> Host:
+    """A real inventory Host (a plain value); plan() only reads its name and vars."""
+    return Host(name=name, address="192.0.2.1", vars=vars or {}, groups=("web",))
 
 
 class FakeConnection:
