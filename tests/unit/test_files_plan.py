@@ -64,7 +64,7 @@ def file_line(content: bytes, mode: str = "644", owner: str = "root", group: str
               uid: int = 0, gid: int = 0) -> str:
     """The probe line of a regular file holding ``content``."""
     digest = hashlib.sha256(content).hexdigest()
-    return f"file {mode} {owner} {group} {uid} {gid} {len(content)} {digest} -\n"
+    return f"file {mode} {owner} {group} {uid} {gid} {len(content)}\nsha256 {digest}  -\n"
 
 
 def plan_of(task: Task, output: str, conn: Any = None) -> Plan:
@@ -83,13 +83,13 @@ def test_parse_file_line() -> None:
 
 def test_parse_link_line_decodes_any_target() -> None:
     target = base64.b64encode(f"/srv/{PWNED}\nx".encode()).decode()
-    parsed = facts.parse_path(f"link 777 root root 0 0 27 - {target}\n")
+    parsed = facts.parse_path(f"link 777 root root 0 0 27\ntarget {target}\n")
     assert parsed.type == "link" and parsed.link_target == f"/srv/{PWNED}\nx"
     assert parsed.sha256 is None and parsed.mode == 0o777
 
 
 def test_parse_directory_and_absent() -> None:
-    parsed = facts.parse_path("directory 2755 app app 1000 1000 4096 - -")
+    parsed = facts.parse_path("directory 2755 app app 1000 1000 4096")
     assert (parsed.type, parsed.mode, parsed.uid, parsed.sha256) == ("directory", 0o2755, 1000,
                                                                       None)
     assert facts.parse_path("absent\n") == ABSENT
@@ -97,7 +97,7 @@ def test_parse_directory_and_absent() -> None:
 
 
 @pytest.mark.parametrize("output", ["", "file 644 root root", "socket 1 2 3 4 5 6 7 8",
-                                    "file 9z9 root root 0 0 1 - -"])
+                                    "file 9z9 root root 0 0 1", "file 644 root root 0 0 1\nsha256 abc  -"])
 def test_parse_path_rejects_what_the_snippet_cannot_print(output: str) -> None:
     with pytest.raises(TaskError, match="unexpected path probe output"):
         facts.parse_path(output)
@@ -111,7 +111,7 @@ def test_parse_content() -> None:
 
 
 def test_owned_by_compares_names_and_numeric_ids() -> None:
-    current = facts.parse_path("file 644 www-data adm 33 4 0 - -")
+    current = facts.parse_path("file 644 www-data adm 33 4 0")
     assert current.owned_by("www-data", "adm") == (True, True)
     assert current.owned_by("33", "4") == (True, True)
     assert current.owned_by("root", None) == (False, True)
@@ -230,15 +230,15 @@ def test_binary_or_large_content_is_not_fetched() -> None:
     conn = fake()
     plan = plan_of(files.file(P, b"\x89PNG\0"), file_line(b"text\n"), conn)
     assert plan.changes[0].diff == "(no diff: binary content; 5 -> 5 bytes)"
-    big_line = f"file 644 root root 0 0 {300 * 1024} {'0' * 64} -"
+    big_line = f"file 644 root root 0 0 {300 * 1024}\nsha256 {'0' * 64}  -"
     plan = plan_of(files.file(P, "small\n"), big_line, conn)
     assert plan.changes[0].diff == "(no diff: content larger than 256 KiB; 307200 -> 6 bytes)"
     assert conn.gets == []
 
 
 @pytest.mark.parametrize(("output", "message"), [
-    ("directory 755 root root 0 0 4096 - -", "exists and is a directory, not a regular file"),
-    (f"link 777 root root 0 0 9 - {base64.b64encode(b'/etc/x').decode()}",
+    ("directory 755 root root 0 0 4096", "exists and is a directory, not a regular file"),
+    (f"link 777 root root 0 0 9\ntarget {base64.b64encode(b'/etc/x').decode()}",
      "is a symlink to /etc/x"),
 ])
 def test_file_refuses_to_replace_other_types(output: str, message: str) -> None:
@@ -254,15 +254,15 @@ def test_directory_plans() -> None:
     assert task.path == "/srv/app" and task.name == "files.directory /srv/app"
     assert plan_of(task, "absent").render() == (
         "state: absent -> directory\nmode: (none) -> 0750\nowner: (none) -> 33")
-    assert plan_of(task, "directory 755 www-data root 33 0 4096 - -").render() == (
+    assert plan_of(task, "directory 755 www-data root 33 0 4096").render() == (
         "mode: 0755 -> 0750")
-    assert not plan_of(task, "directory 750 www-data root 33 0 4096 - -")
+    assert not plan_of(task, "directory 750 www-data root 33 0 4096")
     with pytest.raises(TaskError, match="exists and is a file, not a directory"):
         plan_of(task, file_line(b""))
 
 
 def link_line(target: str) -> str:
-    return f"link 777 root root 0 0 {len(target)} - {base64.b64encode(target.encode()).decode()}"
+    return f"link 777 root root 0 0 {len(target)}\ntarget {base64.b64encode(target.encode()).decode()}"
 
 
 def test_symlink_plans() -> None:
@@ -275,12 +275,12 @@ def test_symlink_plans() -> None:
     forced = files.symlink("/srv/app/current", "releases/2", force=True)
     assert plan_of(forced, file_line(b"x")).render() == "state: file -> link to releases/2"
     with pytest.raises(TaskError, match="is a directory; it is never replaced"):
-        plan_of(forced, "directory 755 root root 0 0 4096 - -")
+        plan_of(forced, "directory 755 root root 0 0 4096")
 
 
 def test_absent_plans_and_refuses_root() -> None:
     assert not plan_of(files.absent("/srv/old"), "absent")
-    assert plan_of(files.absent("/srv/old"), "directory 755 root root 0 0 4096 - -").render() \
+    assert plan_of(files.absent("/srv/old"), "directory 755 root root 0 0 4096").render() \
         == "state: directory -> absent"
     for bad in ["/", "//", "/srv/..", "/./"]:
         with pytest.raises(ConfigError, match="refusing to remove"):
@@ -361,7 +361,7 @@ def test_line_in_file_missing_or_too_large_file() -> None:
     assert not plan_of(files.line_in_file("/etc/x", "a", state="absent"), "absent")
     created = plan_of(files.line_in_file("/etc/x", "a", create=True, mode=0o600), "absent")
     assert created.changes[0].diff == "--- /dev/null\n+++ /etc/x\n@@ -0,0 +1 @@\n+a"
-    big = f"file 644 root root 0 0 {2 * 1024 * 1024} {'0' * 64} -\ncontent-too-large\n"
+    big = f"file 644 root root 0 0 {2 * 1024 * 1024}\nsha256 {'0' * 64}  -\ncontent-too-large\n"
     with pytest.raises(TaskError, match=r"too large to edit \(2097152 bytes, limit 1024 KiB\)"):
         plan_of(files.line_in_file("/etc/x", "a"), big)
 
