@@ -1,29 +1,34 @@
-"""deploykit from a plain Python script: no invoke, no YAML needed.
+"""deploykit from a plain Python script: no invoke needed.
 
-    python examples/plain_script.py inventories/lab.yml web
+    python examples/plain_script.py inventories/lab.yml web [--check] [--json report.json]
 
 Creates /srv/hello on the selected hosts with a directory, a rendered
-template and a config line, prints what changed, and exits non-zero when any
-host failed. Run it twice: the second run changes nothing.
+template, a config line and a guarded command, prints what changed, and exits
+non-zero when any host failed. Run it twice: the second run changes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from deploykit import DeployError
-from deploykit.inventory import Inventory
+from deploykit import DeployError, Inventory, Runner, step
 from deploykit.report import make_reporter
-from deploykit.runner import Runner, step
 from deploykit.tasks import files, system
 
 MOTD = "Hello from {{ inventory_hostname }} ({{ roles | join(',') }})\n"
 
 
-def main(inventory_path: str, selector: str) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Apply a small configuration to the selected hosts; return the exit code."""
+    parser = argparse.ArgumentParser(description="apply /srv/hello to some hosts")
+    parser.add_argument("inventory")
+    parser.add_argument("selector", help="host, group, glob or comma list")
+    parser.add_argument("--check", action="store_true", help="only show what would change")
+    parser.add_argument("--json", metavar="PATH", help="write the full run report as JSON")
+    args = parser.parse_args(argv)
     try:
-        hosts = Inventory.load(inventory_path).select(selector)
+        hosts = Inventory.load(args.inventory).select(args.selector)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -35,12 +40,10 @@ def main(inventory_path: str, selector: str) -> int:
         step(system.command("uptime > /srv/hello/uptime", creates="/srv/hello/uptime"),
              name="record uptime once"),
     ]
-    report = Runner(steps, reporter=make_reporter()).run(hosts)
+    runner = Runner(steps, check=args.check, reporter=make_reporter())
+    report = runner.run(hosts, json_path=args.json)
     return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main())
