@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else is an implementation detail.
 """
 
+from deploykit.connection import CommandResult, Connection
 from deploykit.errors import (
     AuthenticationError,
     ConfigError,
@@ -16,7 +17,6 @@ from deploykit.errors import (
     RollbackError,
     TaskError,
 )
-from deploykit.connection import CommandResult, Connection
 from deploykit.inventory import Host, Inventory, load_inventory
 from deploykit.result import HostReport, Result, RunReport, Status
 from deploykit.runner import Runner, Step, step
@@ -29,30 +29,30 @@ __all__ = [
     "AuthenticationError",
     "Change",
     "CommandResult",
-    "Connection",
-    "Host",
-    "HostReport",
-    "Inventory",
-    "Plan",
-    "Result",
-    "RunReport",
-    "Runner",
-    "Status",
-    "Step",
-    "Task",
-    "UndoStack",
-    "load_inventory",
-    "step",
     "ConfigError",
     "ConnectError",
+    "Connection",
     "DeployError",
+    "Host",
     "HostKeyError",
+    "HostReport",
+    "Inventory",
     "InventoryError",
     "LabError",
     "LockHeldError",
+    "Plan",
     "RemoteCommandError",
+    "Result",
     "RollbackError",
+    "RunReport",
+    "Runner",
     "Secret",
+    "Status",
+    "Step",
+    "Task",
     "TaskError",
+    "UndoStack",
     "__version__",
+    "load_inventory",
+    "step",
 ]
