@@ -59,6 +59,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+# Wheels for Python code that runs on lab hosts (the sample app, alembic):
+# hosts have no route to package indexes, so releases carry a wheelhouse made
+# here. Downloaded once per change of the requirement files; tests never fetch.
+wheelhouse=.cache/wheelhouse
+host_reqs=(examples/app/requirements.txt tests/fixtures/alembic/requirements.txt)
+want_wheels="$(cat "${host_reqs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want_wheels" ]; then
+  echo "bootstrap: downloading host wheels into $wheelhouse"
+  mkdir -p "$wheelhouse"
+  for req in "${host_reqs[@]}"; do
+    [ -f "$req" ] && "$venv/bin/pip" download -q --only-binary=:all: -d "$wheelhouse" -r "$req"
+  done
+  echo "$want_wheels" >"$wheelhouse/.stamp"
+fi
+
 case "$action" in
   setup) ;;
   demo) exec "$venv/bin/invoke" demo "$@" ;;

@@ -45,11 +45,12 @@ from deploykit.errors import LabError
 from deploykit.testing import labconfig
 
 STATE_ROOT = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"))
-# The default lab takes the lower half of 198.18.0.0/24; other labs (the lifecycle
-# tests, parallel sessions) take /27 blocks of the upper half. DEPLOYKIT_LAB_NAME and
-# DEPLOYKIT_LAB_NETWORK choose another lab for invoke lab.* and the pytest plugin.
+# The default lab takes 198.18.0.0/26; other labs (the lifecycle tests, the
+# benchmark, parallel sessions) take other /27 blocks of 198.18.0.0/24.
+# DEPLOYKIT_LAB_NAME and DEPLOYKIT_LAB_NETWORK choose another lab for invoke
+# lab.* and the pytest plugin.
 DEFAULT_NAME = os.environ.get("DEPLOYKIT_LAB_NAME", "dklab")
-DEFAULT_NETWORK = os.environ.get("DEPLOYKIT_LAB_NETWORK", "198.18.0.0/25")
+DEFAULT_NETWORK = os.environ.get("DEPLOYKIT_LAB_NETWORK", "198.18.0.0/26")
 HOST_OFFSET = 11  # first host is the network's 11th address: 198.18.0.11
 MAX_HOSTS = 20
 
