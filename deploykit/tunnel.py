@@ -93,13 +93,13 @@ class Tunnel:
             return
         try:
             while not self._closed.is_set():
-                ready, _, _ = select.select([client, chan], [], [], 0.2)
-                if client in ready:
+                ready, _, _ = select.select([client.fileno(), chan.fileno()], [], [], 0.2)
+                if client.fileno() in ready:
                     data = client.recv(_CHUNK)
                     if not data:
                         break
                     chan.sendall(data)
-                if chan in ready:
+                if chan.fileno() in ready:
                     data = chan.recv(_CHUNK)
                     if not data:
                         break
