@@ -4,7 +4,8 @@
     invoke lab.status            show it
     invoke lab.down              tear it down, leaving nothing behind
     invoke demo                  lab up, one command on every host over SSH, a table, lab down
-    invoke test [-- ARGS]        the whole test suite (unit + lab)
+    invoke test [--args ARGS]    the whole test suite (unit + lab)
+    invoke flags.list|set|kill   feature flags in Redis
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.table import Table
 from deploykit.cli import reports_errors
 from deploykit.connection import connect_all
 from deploykit.errors import DeployError
+from deploykit.flagtasks import flags_collection
 from deploykit.inventory import Inventory
 from deploykit.testing.labtasks import DEFAULT_INVENTORY, lab_collection, lab_from
 
@@ -70,3 +72,4 @@ def test(c: Context, args: str = "") -> None:
 
 ns = Collection(demo, test)
 ns.add_collection(lab_collection, "lab")
+ns.add_collection(flags_collection, "flags")

@@ -1,29 +1,51 @@
 """deploykit: idempotent deployment tasks run over SSH against host inventories.
 
 The public API is re-exported here; everything else is an implementation detail.
+Re-exports are resolved lazily (PEP 562), so that importing a light submodule
+(``deploykit.flags``, the runtime API apps import with only redis-py installed)
+does not pull in paramiko and the rest of the SSH stack.
 """
 
-from deploykit.connection import CommandResult, Connection
-from deploykit.errors import (
-    AuthenticationError,
-    ConfigError,
-    ConnectError,
-    DeployError,
-    HostKeyError,
-    InventoryError,
-    LabError,
-    LockHeldError,
-    RemoteCommandError,
-    RollbackError,
-    TaskError,
-)
-from deploykit.inventory import Host, Inventory, load_inventory
-from deploykit.result import HostReport, Result, RunReport, Status
-from deploykit.runner import Runner, Step, step
-from deploykit.secrets import Secret
-from deploykit.task import Change, Plan, Task, UndoStack
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deploykit.connection import CommandResult, Connection
+    from deploykit.errors import (
+        AuthenticationError,
+        ConfigError,
+        ConnectError,
+        DeployError,
+        HostKeyError,
+        InventoryError,
+        LabError,
+        LockHeldError,
+        RemoteCommandError,
+        RollbackError,
+        TaskError,
+    )
+    from deploykit.inventory import Host, Inventory, load_inventory
+    from deploykit.result import HostReport, Result, RunReport, Status
+    from deploykit.runner import Runner, Step, step
+    from deploykit.secrets import Secret
+    from deploykit.task import Change, Plan, Task, UndoStack
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "deploykit.connection": ("CommandResult", "Connection"),
+    "deploykit.errors": ("AuthenticationError", "ConfigError", "ConnectError", "DeployError",
+                         "HostKeyError", "InventoryError", "LabError", "LockHeldError",
+                         "RemoteCommandError", "RollbackError", "TaskError"),
+    "deploykit.inventory": ("Host", "Inventory", "load_inventory"),
+    "deploykit.result": ("HostReport", "Result", "RunReport", "Status"),
+    "deploykit.runner": ("Runner", "Step", "step"),
+    "deploykit.secrets": ("Secret",),
+    "deploykit.task": ("Change", "Plan", "Task", "UndoStack"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "AuthenticationError",
@@ -56,3 +78,17 @@ __all__ = [
     "load_inventory",
     "step",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a re-exported name on first use."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deploykit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

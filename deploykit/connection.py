@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from deploykit.inventory import Host
 
 log = logging.getLogger("deploykit.connection")
+# paramiko logs failures that deploykit reports itself as one clear error (a refused
+# port forward: "Secsh channel N open FAILED"); keep them off the user's stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 _READ_SIZE = 65536
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

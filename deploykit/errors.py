@@ -10,7 +10,10 @@ wrong and where (file, line, host, task)::
      │    ├── HostKeyError         unknown or changed host key (never auto-accepted)
      │    └── AuthenticationError  key or password refused
      ├── TaskError                 a task failed on a host
-     │    └── RemoteCommandError   a remote command exited non-zero
+     │    ├── RemoteCommandError   a remote command exited non-zero
+     │    ├── HttpCheckError       an HTTP check failed (tasks/http.py)
+     │    ├── NginxChangeError     an nginx change was refused and restored (tasks/nginx.py)
+     │    └── PreflightError       pre-flight checks failed (tasks/checks.py)
      ├── LockHeldError             another deploy holds the host's lock
      ├── RollbackError             an undo action failed; the host needs attention
      └── LabError                  the lab fleet could not be built or torn down

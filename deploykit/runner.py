@@ -317,12 +317,14 @@ def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
     Each probe runs in its own subshell between marker lines. A task whose
     section cannot be parsed is left out and probes for itself later.
     """
-    if not tasks:
-        return {}
     marker = f"__deploykit_{_random.token_hex(8)}__"
     parts = []
     for i, task in enumerate(tasks):
+        if task.probe_script().strip() in ("", ":"):
+            continue  # probes elsewhere (SQL, Redis, HTTP): nothing to batch
         parts.append(f"printf '%s\\n' '{marker} {i}'\n( {task.probe_script()}\n)\nprintf '\\n'")
+    if not parts:
+        return {}
     try:
         out = conn.run("\n".join(parts), write=False, check=False).stdout
     except DeployError:

@@ -47,6 +47,10 @@ class Tunnel:
     def close(self) -> None:
         """Stop accepting and close every forwarded connection."""
         self._closed.set()
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() at once
+        except OSError:
+            pass
         self._server.close()
         if self._accepter.is_alive():
             self._accepter.join(timeout=2)

@@ -51,6 +51,7 @@ STATE_ROOT = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"
 # lab.* and the pytest plugin.
 DEFAULT_NAME = os.environ.get("DEPLOYKIT_LAB_NAME", "dklab")
 DEFAULT_NETWORK = os.environ.get("DEPLOYKIT_LAB_NETWORK", "198.18.0.0/26")
+LAB_RANGE = "198.18.0.0/24"  # every lab lives in here; nothing in it leaves the machine
 HOST_OFFSET = 11  # first host is the network's 11th address: 198.18.0.11
 MAX_HOSTS = 20
 
@@ -219,6 +220,11 @@ class Lab:
         """Host name -> address, for every host in the fleet."""
         return {s.name: self.address(s.name) for s in self.specs}
 
+    def unused_address(self) -> str:
+        """An address inside this lab's network where no host answers (ARP goes
+        unanswered: a connect times out), for unreachable-host tests."""
+        return str(self.network[HOST_OFFSET + MAX_HOSTS])
+
     def spec(self, name: str) -> LabHostSpec:
         """The spec of host ``name``; LabError naming the fleet when unknown."""
         for s in self.specs:
@@ -281,6 +287,9 @@ class Lab:
             _run(["ip", "netns", "delete", netns], check=False)
         for link in self._lab_links():
             _run(["ip", "link", "delete", link], check=False)
+        if not _run(["ip", "-o", "-4", "addr", "show", "to", LAB_RANGE], check=False).stdout:
+            _run(["ip", "route", "delete", "unreachable", LAB_RANGE, "metric", "4000"],
+                 check=False)  # the last lab is gone
         if self.inventory_path is not None:
             self.inventory_path.unlink(missing_ok=True)
         if self.state_dir.exists():
@@ -413,6 +422,9 @@ class Lab:
             _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}",
                   "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
+        # No packet for the lab range may leave this machine: addresses of no lab
+        # fail at once instead of going out by the default route.
+        _run(["ip", "route", "replace", "unreachable", LAB_RANGE, "metric", "4000"])
 
     def _ensure_host(self, spec: LabHostSpec) -> None:
         netns = self._netns(spec.name)

@@ -97,7 +97,8 @@ def test_parse_directory_and_absent() -> None:
 
 
 @pytest.mark.parametrize("output", ["", "file 644 root root", "socket 1 2 3 4 5 6 7 8",
-                                    "file 9z9 root root 0 0 1", "file 644 root root 0 0 1\nsha256 abc  -"])
+                                    "file 9z9 root root 0 0 1",
+                                    "file 644 root root 0 0 1\nsha256 abc  -"])
 def test_parse_path_rejects_what_the_snippet_cannot_print(output: str) -> None:
     with pytest.raises(TaskError, match="unexpected path probe output"):
         facts.parse_path(output)
@@ -262,7 +263,8 @@ def test_directory_plans() -> None:
 
 
 def link_line(target: str) -> str:
-    return f"link 777 root root 0 0 {len(target)}\ntarget {base64.b64encode(target.encode()).decode()}"
+    encoded = base64.b64encode(target.encode()).decode()
+    return f"link 777 root root 0 0 {len(target)}\ntarget {encoded}"
 
 
 def test_symlink_plans() -> None:
