@@ -2253,11 +2253,13 @@ def undo_restore(db: str, *, settings: PgSettings | None = None,
 # Migrations live in their own module (SQL directories, alembic and command
 # adapters); they are PostgreSQL tasks too, so they answer here as well.
 from deploykit.tasks.migrations import (  # noqa: E402
-    alembic_downgrade,
-    alembic_migrate,
-    command_migrate,
-    migrate,
-    rollback,
+    alembic_downgrade as alembic_downgrade,
 )
-
-__all__ = [name for name in globals() if not name.startswith("_")]
+from deploykit.tasks.migrations import (  # noqa: E402
+    alembic_migrate as alembic_migrate,
+)
+from deploykit.tasks.migrations import (  # noqa: E402
+    command_migrate as command_migrate,
+)
+from deploykit.tasks.migrations import migrate as migrate  # noqa: E402
+from deploykit.tasks.migrations import rollback as rollback  # noqa: E402
