@@ -21,6 +21,7 @@ Host vars read (all optional):
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,14 @@ def connect(
                                  connect_timeout=connect_timeout, autocommit=autocommit)
         except psycopg.Error as exc:
             reason = redact(str(exc).strip(), [s.password] if s.password else [])
-            raise TaskError(f"cannot connect to PostgreSQL database {dbname!r} as {s.user!r}: "
-                            f"{reason}", host=conn.name) from None
+            # libpq names the tunnel's local end ("127.0.0.1", port 40123): say where
+            # the server really is instead, and keep libpq's own reason.
+            reason = re.sub(r'^connection failed: connection to server at "[^"]*", '
+                            r'port \d+ failed: ', "", reason)
+            server = (f"{s.server_host}:{s.port} on {conn.name} through SSH" if tunnel
+                      else f"{conn.host.address}:{s.port}")
+            raise TaskError(f"cannot connect to PostgreSQL database {dbname!r} as {s.user!r} "
+                            f"at {server}: {reason}", host=conn.name) from None
         with pg:
             yield pg
     finally:
