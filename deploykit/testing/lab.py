@@ -27,6 +27,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -82,6 +83,20 @@ PRIVATE_DIRS = (
 )
 PG_DATA = "var/lib/postgresql/15/main"
 START_TIMEOUT = 15.0
+
+
+RESET_SCRIPT = (
+    "find /srv /var/backups /tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +; "
+    "rm -rf /var/lib/deploykit; "
+)
+RESET_WEB_SCRIPT = (
+    "rm -f /etc/supervisor/conf.d/*.conf /var/log/supervisor/*.log; "
+    "supervisorctl -c /etc/supervisor/supervisord.conf update >/dev/null; "
+    "rm -rf /etc/nginx/conf.d/* /etc/nginx/deploykit /etc/nginx/sites-available/*; "
+    "find /etc/nginx/sites-enabled -mindepth 1 ! -name default -exec rm -f {} +; "
+    f"printf '%s' {shlex.quote(labconfig.NGINX_DEFAULT_SITE)} > /etc/nginx/sites-enabled/default; "
+    "nginx -s reload"
+)
 
 
 @dataclass(frozen=True)
@@ -339,12 +354,12 @@ class Lab:
 
     def reset(self) -> None:
         """Return every host to its freshly built state between tests, without a rebuild:
-        empty /srv, /var/backups and /tmp, and every service running again."""
+        empty /srv, /var/backups, /tmp and /var/lib/deploykit; on web hosts no supervisor
+        program and nginx's own default site only; every service running again."""
         for spec in self.specs:
-            self.nsenter(spec.name, ["sh", "-c",
-                                     "find /srv /var/backups /tmp -mindepth 1 -maxdepth 1 "
-                                     "-exec rm -rf {} +"])
             self.host_script(spec.name, "start", *self.services(spec.name))
+            script = RESET_SCRIPT + (RESET_WEB_SCRIPT if "web" in spec.roles else "")
+            self.nsenter(spec.name, ["sh", "-c", script])
 
     def start_service(self, name: str, service: str) -> None:
         """Start one service on a lab host (no-op when it runs)."""
