@@ -149,13 +149,21 @@ class Runner:
         self.connect_timeout = connect_timeout
         self._aborted = threading.Event()
         self._abort_reason = ""
+        self._given: dict[str, Connection] = {}
         self.logs: dict[str, list[LoggedCommand]] = {}
         """After :meth:`run`: every command sent, per host (secrets redacted)."""
 
     # -- the run ---------------------------------------------------------------
 
-    def run(self, hosts: Sequence[Host], *, json_path: str | Path | None = None) -> RunReport:
-        """Run every step on every host; return (and optionally write) the report."""
+    def run(self, hosts: Sequence[Host], *, json_path: str | Path | None = None,
+            connections: Mapping[str, Connection] | None = None) -> RunReport:
+        """Run every step on every host; return (and optionally write) the report.
+
+        ``connections`` (host name -> open Connection) lets a caller that runs
+        several phases keep one SSH connection per host: those are used and left
+        open; the runner opens (and closes) its own for the other hosts.
+        """
+        self._given = dict(connections or {})
         groups = batches(hosts, self.serial)
         secrets: list[Secret] = [s for st in self._all_tasks() for s in st.secrets]
         secrets += [h.password for h in hosts if h.password is not None]
@@ -181,7 +189,8 @@ class Runner:
             for r in runs.values():
                 if r.conn is not None:
                     self.logs[r.host.name] = list(r.conn.log)
-                    r.conn.close()
+                    if r.host.name not in self._given:
+                        r.conn.close()
             report.finish()
             self.reporter.run_finished(report)
         if json_path is not None:
@@ -204,7 +213,8 @@ class Runner:
 
     def _run_host(self, run: _HostRun, report: RunReport, batch_size: int) -> None:
         host = run.host
-        conn = Connection(host, connect_timeout=self.connect_timeout)
+        conn = self._given.get(host.name) or Connection(host,
+                                                        connect_timeout=self.connect_timeout)
         try:
             conn.open()
         except ConnectError as exc:

@@ -1,0 +1,358 @@
+"""Blue/green deploys with automatic switch-back (runbook 000, on releases).
+
+Each web host runs the app twice, as colours: ``<app>-blue`` and ``<app>-green``
+supervisor programs on their own ports, each from its own release directory;
+nginx sends all traffic to the active colour (``nginx.switch``). A deploy:
+
+1. **inspect** (read-only): every web host's active colour and releases; the
+   colours must agree across the fleet. When the active colour already runs
+   this artifact, the deploy only re-asserts that state (``unchanged``).
+2. **database** (db host, when ``database`` is set): the database exists,
+   ``SELECT 1``, Redis ``PING``, then the artifact's SQL migrations.
+   Migrations must be backward compatible (expand first): the old colour keeps
+   serving on the new schema until the switch, and after a switch-back.
+3. **prepare** the idle colour on every web host: shared ``.env``, install the
+   release (bundled wheels, no network), point the colour's link at it, (re)start
+   its program, and health-gate it directly (HTTP JSON ``status: ok``, which the
+   app derives from its db, redis and disk checks). Any failure here and
+   **traffic never moves**: the idle colour is put back as it was, fleet-wide
+   (its program, its link, and the new release directory removed).
+4. **switch** nginx to the idle colour on every host (``nginx -t`` and reload,
+   never restart), then **verify through nginx**: health, the new version, and
+   the p95 latency budget. Any failure here and every host is **switched back
+   automatically** (the runner's fleet-wide undo); the release is marked failed.
+5. **finish**: ``current`` points at the new release, old releases are pruned;
+   after ``grace_seconds`` the old colour's program is stopped.
+
+Every phase is a :class:`~deploykit.runner.Runner` run over one SSH connection
+per host; :class:`DeployOutcome` merges their reports (per-step timings) and
+says what happened and where traffic is.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from deploykit.artifacts import Artifact, unpack_migrations
+from deploykit.connection import Connection, connect_all
+from deploykit.errors import ConfigError, DeployError
+from deploykit.inventory import Host
+from deploykit.report import NullReporter, Reporter
+from deploykit.result import Result, RunReport, Status
+from deploykit.runner import Runner, step
+from deploykit.secrets import Secret
+from deploykit.task import Task
+from deploykit.tasks import files, http, migrations, nginx, postgres, redis, releases, services
+
+COLORS = ("blue", "green")
+Outcome = Literal["deployed", "unchanged", "failed", "rolled_back", "checked"]
+
+
+@dataclass(frozen=True)
+class BlueGreen:
+    """What to deploy and how (every field but the first three has a default).
+
+    ``command`` runs in the release directory; a relative first element is
+    taken from the release (``venv/bin/gunicorn``). The colour's port reaches
+    the program as ``PORT`` in its environment.
+    """
+
+    app: str
+    artifact: Artifact
+    env: str | Secret
+    database: str | None = None
+    ports: Mapping[str, int] = field(default_factory=lambda: {"blue": 8001, "green": 8002})
+    command: Sequence[str] = ("venv/bin/gunicorn", "-c", "gunicorn.conf.py",
+                              "sampleapp.web:application")
+    app_user: str = "www-data"
+    server_name: str = "_"
+    health_path: str = "/health"
+    version_path: str = "/version"
+    health_retries: int = 40
+    health_interval: float = 0.25
+    latency_budget_ms: float | None = 500.0
+    verify_requests: int = 40
+    grace_seconds: float = 2.0
+    keep_releases: int = 5
+    startsecs: int = 2
+    startretries: int = 1
+
+    def __post_init__(self) -> None:
+        if sorted(self.ports) != sorted(COLORS):
+            raise ConfigError(f"ports must name blue and green, not {sorted(self.ports)}")
+
+    @property
+    def release_id(self) -> str:
+        """The release this artifact installs as."""
+        return self.artifact.release_id
+
+    def program(self, color: str) -> str:
+        """The supervisor program of a colour."""
+        return f"{self.app}-{color}"
+
+
+@dataclass
+class DeployOutcome:
+    """What a blue/green deploy did."""
+
+    result: Outcome
+    color: str | None  # the colour serving traffic now
+    previous: str | None  # the colour that served before
+    report: RunReport
+    phases: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the new release serves (or already served) traffic."""
+        return self.result in ("deployed", "unchanged", "checked")
+
+    @property
+    def gate_seconds(self) -> float:
+        """Time spent waiting on health gates and verification (not deploykit's own)."""
+        waits = ("health gate", "verify")
+        return sum(r.duration for h in self.report.hosts.values() for r in h.results
+                   if r.task.startswith(waits))
+
+
+def other(color: str) -> str:
+    """The other colour."""
+    return COLORS[1 - COLORS.index(color)]
+
+
+class _Deploy:
+    """One blue/green deploy: the phases share the hosts, connections and report."""
+
+    def __init__(self, plan: BlueGreen, web: Sequence[Host], db: Host | None, *,
+                 deploy_id: str, check: bool, reporter: Reporter, forks: int) -> None:
+        self.plan = plan
+        self.web = list(web)
+        self.db = db
+        self.check = check
+        self.reporter = reporter
+        self.forks = forks
+        self.report = RunReport(run_id=deploy_id, check=check)
+        if isinstance(plan.env, Secret):
+            self.report.secrets.append(plan.env)
+        self.phases: dict[str, float] = {}
+        self.conns: dict[str, Connection] = {}
+        self.workdir = ""
+
+    # -- running phases ----------------------------------------------------------
+
+    def phase(self, name: str, steps: Sequence[Task | object], hosts: Sequence[Host], *,
+              undo: Literal["host", "fleet", "none"] = "fleet") -> RunReport:
+        """Run one phase's steps over ``hosts`` and merge its report."""
+        started = time.monotonic()
+        runner = Runner(steps, forks=self.forks, undo=undo, check=self.check,  # type: ignore[arg-type]
+                        reporter=self.reporter, run_id=self.report.run_id)
+        part = runner.run(hosts, connections=self.conns)
+        for host, entry in part.hosts.items():
+            total = self.report.host(host)
+            total.results.extend(entry.results)
+            total.undone.extend(entry.undone)
+            total.undo_failed.extend(entry.undo_failed)
+            total.unreachable = total.unreachable or entry.unreachable
+            total.error = total.error or entry.error
+        self.report.secrets.extend(part.secrets)
+        self.phases[name] = time.monotonic() - started
+        return part
+
+    def outcome(self, result: Outcome, color: str | None, previous: str | None,
+                message: str) -> DeployOutcome:
+        self.report.finish()
+        return DeployOutcome(result, color, previous, self.report, self.phases, message)
+
+    def fail_host(self, host: str, message: str) -> None:
+        self.report.add(Result(host, "blue/green", Status.FAILED, message=message))
+
+    # -- the deploy --------------------------------------------------------------
+
+    def run(self) -> DeployOutcome:
+        plan = self.plan
+        workdir = tempfile.TemporaryDirectory(prefix="deploykit-bluegreen-")
+        self.workdir = workdir.name
+        opened = connect_all(self.web + ([self.db] if self.db else []))
+        for name, conn in opened.items():
+            if isinstance(conn, DeployError):
+                self.report.mark_unreachable(name, str(conn))
+            else:
+                self.conns[name] = conn
+        try:
+            if len(self.conns) < len(opened):
+                return self.outcome("failed", None, None,
+                                    "unreachable hosts; nothing was changed")
+            return self._run(plan)
+        finally:
+            for conn in self.conns.values():
+                conn.close()
+            workdir.cleanup()
+
+    def _run(self, plan: BlueGreen) -> DeployOutcome:
+        started = time.monotonic()
+        actives = {h.name: nginx.active_color(self.conns[h.name], plan.app) for h in self.web}
+        self.phases["inspect"] = time.monotonic() - started
+        if len(set(actives.values())) > 1:
+            shown = ", ".join(f"{h} {c or 'none'}" for h, c in actives.items())
+            return self.outcome("failed", None, None,
+                                f"active colours differ across the fleet ({shown}); switch "
+                                f"them to one colour before deploying")
+        active = next(iter(actives.values()), None)
+        if active is not None and self._already_live(active):
+            part = self.phase("re-assert", self.prepare_steps(active, gate=False)
+                              + self.switch_steps(active, verify=False), self.web)
+            changed = any(r.changed for h in part.hosts.values() for r in h.results)
+            if not part.failed and not changed:
+                return self.outcome("unchanged", active, active,
+                                    f"{plan.release_id} already serves on {active}")
+            if part.failed:
+                return self.outcome("failed", active, active, "re-asserting the live "
+                                    "release failed; see the report")
+            return self.outcome("deployed", active, active,
+                                f"{plan.release_id} on {active}: drift repaired")
+        idle = other(active) if active else COLORS[0]
+
+        if self.check:
+            self.phase("prepare (check)", self.check_steps(idle), self.web)
+            return self.outcome("checked", active, active,
+                                f"would deploy {plan.release_id} to {idle} and switch "
+                                f"traffic from {active or 'nothing'} to {idle}")
+
+        if self.db is not None and plan.database:
+            if self.phase("database", self.database_steps(), [self.db], undo="host").failed:
+                return self.outcome("failed", active, active,
+                                    "database phase failed; traffic was not moved")
+
+        if self.phase("prepare", self.prepare_steps(idle, gate=True), self.web).failed:
+            # the fleet-wide undo already put the idle colour back as it was
+            return self.outcome("failed", active, active,
+                                f"{plan.release_id} failed before the switch on {idle}; "
+                                f"traffic stays on {active or 'nothing'}")
+
+        if self.phase("switch", self.switch_steps(idle, verify=True), self.web).failed:
+            self.after_failure(idle)
+            return self.outcome("rolled_back", active, active,
+                                f"{plan.release_id} failed verification on {idle}; "
+                                f"traffic switched back to {active or 'nothing'}")
+
+        self.phase("finish", [releases.switch(plan.app, plan.release_id),
+                              releases.cleanup(plan.app, keep=plan.keep_releases)], self.web)
+        if active is not None:
+            time.sleep(plan.grace_seconds)
+            self.phase("stop old colour", [services.service(plan.program(active), "stopped",
+                                                            name=f"stop {active}")], self.web)
+        return self.outcome("deployed", idle, active,
+                            f"{plan.release_id} serves on {idle}"
+                            + (f"; {active} stopped" if active else ""))
+
+    def _already_live(self, active: str) -> bool:
+        """True when every host's ``active`` link points at this artifact's release."""
+        for host in self.web:
+            infos = releases.list_releases(self.conns[host.name], self.plan.app)
+            live = [i for i in infos if active in i.links]
+            if not live or live[0].release_id != self.plan.release_id \
+                    or live[0].sha256 != self.plan.artifact.sha256 or live[0].failed:
+                return False
+        return True
+
+    def after_failure(self, idle: str) -> None:
+        """The new release failed verification after the switch (traffic is back on the
+        old colour): mark the release failed and stop ``idle``'s program."""
+        self.phase("mark failed", [
+            services.service(self.plan.program(idle), "stopped", name=f"stop {idle}"),
+            releases.mark_failed(self.plan.app, self.plan.release_id,
+                                 reason="blue/green deploy failed"),
+        ], self.web, undo="none")
+
+    # -- the steps ----------------------------------------------------------------
+
+    def database_steps(self) -> list[object]:
+        plan = self.plan
+        assert plan.database is not None
+        steps: list[object] = [
+            postgres.database(plan.database),
+            postgres.query_check(plan.database, "SELECT 1", expect=1,
+                                 name="health gate: database SELECT 1"),
+            redis.ping(),
+        ]
+        directory = unpack_migrations(plan.artifact, Path(self.workdir) / "migrations")
+        if migrations.load_migrations(directory):
+            steps.append(migrations.migrate(directory, database=plan.database,
+                                            deploy_id=self.report.run_id))
+        return steps
+
+    def env_steps(self) -> list[object]:
+        plan = self.plan
+        shared = f"{releases.DEFAULT_ROOT}/{plan.app}/shared"
+        env = plan.env if isinstance(plan.env, Secret) else Secret(plan.env)
+        return [files.directory(shared, mode=0o755, recursive=True),
+                files.file(f"{shared}/.env", env, mode=0o640, group=plan.app_user)]
+
+    def check_steps(self, idle: str) -> list[object]:
+        plan = self.plan
+        return [*self.env_steps(), releases.install(plan.app, plan.artifact),
+                nginx.switch(plan.app, idle, colors=plan.ports)]
+
+    def prepare_steps(self, color: str, *, gate: bool) -> list[object]:
+        plan = self.plan
+        rdir = releases.release_dir(plan.app, plan.release_id)
+        command = list(plan.command)
+        if not command[0].startswith("/"):
+            command[0] = f"{rdir}/{command[0]}"
+        port = plan.ports[color]
+        steps: list[object] = [
+            *self.env_steps(),
+            releases.install(plan.app, plan.artifact),
+            releases.switch(plan.app, plan.release_id, link=color),
+            services.program(plan.program(color), command, directory=rdir, user=plan.app_user,
+                             environment={"PORT": str(port)}, startsecs=plan.startsecs,
+                             startretries=plan.startretries,
+                             task_name=f"program {plan.program(color)}"),
+        ]
+        if gate:
+            steps.append(http.wait_for_task(
+                f"http://127.0.0.1:{port}{plan.health_path}", json_expect={"status": "ok"},
+                retries=plan.health_retries, interval=plan.health_interval, via_ssh=True,
+                name=f"health gate: {color} {plan.health_path}"))
+        return steps
+
+    def switch_steps(self, color: str, *, verify: bool) -> list[object]:
+        plan = self.plan
+        steps: list[object] = [
+            nginx.switch(plan.app, color, colors=plan.ports, name=f"nginx: traffic to {color}"),
+            nginx.site(plan.app, plan.server_name, disable_default=True),
+        ]
+        if not verify:
+            return steps
+        steps += [
+            http.wait_for_task(f"http://{{address}}{plan.health_path}",
+                               json_expect={"status": "ok"}, retries=10, interval=0.2,
+                               name="verify: health through nginx"),
+            http.expect_version_task(f"http://{{address}}{plan.version_path}",
+                                     plan.artifact.version, retries=5, interval=0.2,
+                                     name="verify: version through nginx"),
+        ]
+        if plan.latency_budget_ms is not None:
+            steps.append(step(http.measure_task(
+                f"http://{{address}}{plan.version_path}", n=plan.verify_requests, concurrency=4,
+                max_error_rate=0.0, max_p95=plan.latency_budget_ms / 1000,
+                max_duration=60.0, name="verify: latency through nginx")))
+        return steps
+
+
+def deploy(plan: BlueGreen, web: Sequence[Host], db: Host | None = None, *,
+           deploy_id: str, check: bool = False, reporter: Reporter | None = None,
+           forks: int = 10) -> DeployOutcome:
+    """Deploy ``plan.artifact`` blue/green to the ``web`` hosts (see the module docstring).
+
+    Never raises for a failure on the hosts: the :class:`DeployOutcome` says
+    what happened (``deployed``, ``unchanged``, ``failed`` before the switch,
+    ``rolled_back`` after it, or ``checked``) and where traffic is.
+    """
+    return _Deploy(plan, web, db, deploy_id=deploy_id, check=check,
+                   reporter=reporter or NullReporter(), forks=forks).run()
