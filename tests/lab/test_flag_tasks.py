@@ -21,6 +21,7 @@ from deploykit.flags import Flag, Flags
 from deploykit.result import Result, Status
 from deploykit.task import Task, UndoStack
 from deploykit.tasks import flags, redis
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -43,8 +44,6 @@ def rdb(lab_connection: Callable[[str], Connection]) -> Iterator[redispy.Redis]:
         client.flushdb()
 
 
-def writes(conn: Connection, since: int) -> list[str]:
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
 def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:

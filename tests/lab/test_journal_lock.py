@@ -26,6 +26,7 @@ from deploykit.journal import HistoryEntry, LockHolder
 from deploykit.result import Result, RunReport, Status
 from deploykit.secrets import Secret
 from deploykit.tasks import notify
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -47,8 +48,6 @@ def conns(ssh: Ssh, *names: str) -> list[Connection]:
     return [ssh(n) for n in names or ("web-1", "web-2")]
 
 
-def writes(conn: Connection, start: int = 0) -> list[str]:
-    return [e.command for e in conn.log[start:] if e.write]
 
 
 def holder_info(ssh: Ssh, host: str, app: str) -> journal.LockInfo | None:

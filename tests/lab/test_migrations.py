@@ -31,8 +31,10 @@ from deploykit.inventory import Inventory
 from deploykit.result import Result, Status
 from deploykit.runner import Runner
 from deploykit.secrets import Secret
-from deploykit.task import Task, UndoStack
+from deploykit.task import UndoStack
 from deploykit.tasks import migrations, system
+from deploykit.testing.idempotence import assert_idempotent as apply_twice
+from deploykit.testing.idempotence import writes
 
 pytestmark = pytest.mark.lab
 
@@ -96,9 +98,6 @@ def query(admin: Connection, database: str) -> Query:
     return run
 
 
-def writes(conn: Connection, since: int = 0) -> list[str]:
-    """Write commands sent on ``conn`` since log position ``since``."""
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
 def recorded(query: Query) -> list[tuple[int, str]]:
@@ -116,16 +115,6 @@ def columns(query: Query, table: str) -> list[str]:
                                 "WHERE table_name = %s ORDER BY ordinal_position", table)]
 
 
-def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:
-    """``changed``, then ``ok`` with no write command sent."""
-    first = task.run(conn, undo=undo)
-    assert first.status is Status.CHANGED, first.message
-    mark = len(conn.log)
-    second = task.run(conn)
-    assert second.status is Status.OK, second.message
-    assert second.diff == ""
-    assert writes(conn, mark) == []
-    return first
 
 
 ALL_BASIC = ["0001_create_accounts", "0002_add_email", "0003_create_orders"]

@@ -25,10 +25,13 @@ import pytest
 
 from deploykit.connection import Connection
 from deploykit.inventory import Inventory
-from deploykit.result import Result, Status
+from deploykit.result import Status
 from deploykit.runner import Runner
-from deploykit.task import Task, UndoStack
+from deploykit.task import UndoStack
 from deploykit.tasks import http, nginx
+from deploykit.testing.idempotence import assert_check_mode as check
+from deploykit.testing.idempotence import assert_idempotent as apply_twice
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -105,30 +108,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def writes(conn: Connection, since: int) -> list[str]:
-    """Write commands sent on ``conn`` since log position ``since``."""
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
-def check(conn: Connection, task: Task) -> Result:
-    """Run ``task`` in check mode: it would change, and it sends no write command."""
-    mark = len(conn.log)
-    result = task.run(conn, check=True)
-    assert result.status is Status.CHANGED, result.message
-    assert result.message == "would change (check mode)"
-    assert writes(conn, mark) == []
-    return result
 
 
-def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:
-    """Apply ``task`` twice: ``changed``, then ``ok`` with no write command sent."""
-    first = task.run(conn, undo=undo)
-    assert first.status is Status.CHANGED, first.message
-    mark = len(conn.log)
-    second = task.run(conn)
-    assert second.status is Status.OK, second.message
-    assert writes(conn, mark) == []
-    return first
 
 
 def through_nginx(lab: Lab, n: int = 1, host_header: str = SITE) -> collections.Counter[str]:

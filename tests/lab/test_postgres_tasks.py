@@ -29,6 +29,9 @@ from deploykit.runner import Runner
 from deploykit.secrets import Secret
 from deploykit.task import Task, UndoStack
 from deploykit.tasks import postgres
+from deploykit.testing.idempotence import assert_check_mode as check
+from deploykit.testing.idempotence import assert_idempotent as apply_twice
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -74,33 +77,10 @@ def prefix(admin: Admin, conn: Connection) -> Iterator[str]:
     conn.run(["rm", "-rf", "--", f"/var/backups/{name}"])
 
 
-def writes(conn: Connection, since: int) -> list[str]:
-    """Write commands and SQL statements sent on ``conn`` since log position ``since``."""
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
-def check(conn: Connection, task: Task) -> Result:
-    """Run ``task`` in check mode: it would change, and it sends no write."""
-    mark = len(conn.log)
-    result = task.run(conn, check=True)
-    assert result.status is Status.CHANGED, result.message
-    assert result.message == "would change (check mode)"
-    assert writes(conn, mark) == []
-    return result
 
 
-def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:
-    """Apply ``task`` twice: ``changed`` (a write in the log), then ``ok`` with no write."""
-    mark = len(conn.log)
-    first = task.run(conn, undo=undo)
-    assert first.status is Status.CHANGED, first.message
-    assert writes(conn, mark), "a change must show in the log"
-    mark = len(conn.log)
-    second = task.run(conn)
-    assert second.status is Status.OK, second.message
-    assert second.diff == ""
-    assert writes(conn, mark) == []
-    return first
 
 
 def failed(result: Result, *fragments: str) -> str:

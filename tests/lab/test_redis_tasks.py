@@ -18,11 +18,14 @@ import redis as redispy
 
 from deploykit.connection import Connection
 from deploykit.inventory import Inventory
-from deploykit.result import Result, Status
+from deploykit.result import Status
 from deploykit.runner import Runner
 from deploykit.secrets import Secret
-from deploykit.task import Task, UndoStack
+from deploykit.task import UndoStack
 from deploykit.tasks import redis
+from deploykit.testing.idempotence import assert_check_mode as check
+from deploykit.testing.idempotence import assert_idempotent as apply_twice
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -48,31 +51,10 @@ def rdb(lab_connection: Callable[[str], Connection]) -> Iterator[redispy.Redis]:
         client.flushdb()
 
 
-def writes(conn: Connection, since: int) -> list[str]:
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
-def check(conn: Connection, task: Task) -> Result:
-    """Check mode: would change, and no write command sent."""
-    mark = len(conn.log)
-    result = task.run(conn, check=True)
-    assert result.status is Status.CHANGED, result.message
-    assert writes(conn, mark) == []
-    return result
 
 
-def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:
-    """``changed`` (with a write), then ``ok`` with no write command at all."""
-    mark = len(conn.log)
-    first = task.run(conn, undo=undo)
-    assert first.status is Status.CHANGED, first.message
-    assert writes(conn, mark) != []
-    mark = len(conn.log)
-    second = task.run(conn)
-    assert second.status is Status.OK, second.message
-    assert second.diff == ""
-    assert writes(conn, mark) == []
-    return first
 
 
 # -- key ------------------------------------------------------------------------------

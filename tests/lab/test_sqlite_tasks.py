@@ -19,11 +19,14 @@ import pytest
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError
 from deploykit.inventory import Inventory
-from deploykit.result import Result, Status
+from deploykit.result import Status
 from deploykit.runner import Runner
 from deploykit.shell import join
-from deploykit.task import Task, UndoStack
+from deploykit.task import UndoStack
 from deploykit.tasks import sqlite
+from deploykit.testing.idempotence import assert_check_mode as check
+from deploykit.testing.idempotence import assert_idempotent as apply_twice
+from deploykit.testing.idempotence import writes
 from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -63,26 +66,10 @@ def db(clean_lab: Lab, host: Any) -> str:
     return path
 
 
-def writes(conn: Connection, since: int) -> list[str]:
-    return [entry.command for entry in conn.log[since:] if entry.write]
 
 
-def check(conn: Connection, task: Task) -> Result:
-    mark = len(conn.log)
-    result = task.run(conn, check=True)
-    assert result.status is Status.CHANGED, result.message
-    assert writes(conn, mark) == []
-    return result
 
 
-def apply_twice(conn: Connection, task: Task, undo: UndoStack | None = None) -> Result:
-    first = task.run(conn, undo=undo)
-    assert first.status is Status.CHANGED, first.message
-    mark = len(conn.log)
-    second = task.run(conn)
-    assert second.status is Status.OK, second.message
-    assert writes(conn, mark) == []
-    return first
 
 
 def count(host: Any, path: str) -> int:
