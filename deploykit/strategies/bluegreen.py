@@ -18,9 +18,11 @@ nginx sends all traffic to the active colour (``nginx.switch``). A deploy:
    **traffic never moves**: the idle colour is put back as it was, fleet-wide
    (its program, its link, and the new release directory removed).
 4. **switch** nginx to the idle colour on every host (``nginx -t`` and reload,
-   never restart), then **verify through nginx**: health, the new version, and
-   the p95 latency budget. Any failure here and every host is **switched back
-   automatically** (the runner's fleet-wide undo); the release is marked failed.
+   never restart; the site is written first when the upstream exists already,
+   so a site nginx rejects fails before any traffic moves), then **verify
+   through nginx**: health, the new version, and the p95 latency budget. Any
+   failure here and every host is **switched back automatically** (the runner's
+   fleet-wide undo); the release is marked failed.
 5. **finish**: ``current`` points at the new release, old releases are pruned;
    after ``grace_seconds`` the old colour's program is stopped.
 
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 from deploykit.artifacts import Artifact, unpack_migrations
-from deploykit.connection import Connection, connect_all
+from deploykit.connection import Connection, LoggedCommand, connect_all
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
@@ -50,6 +52,8 @@ from deploykit.task import Task
 from deploykit.tasks import files, http, migrations, nginx, postgres, redis, releases, services
 
 COLORS = ("blue", "green")
+WAITS = ("health gate", "verify")
+"""Steps whose names start so wait on the app (health gates, verification)."""
 Outcome = Literal["deployed", "unchanged", "failed", "rolled_back", "checked"]
 
 
@@ -106,6 +110,11 @@ class DeployOutcome:
     report: RunReport
     phases: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    logs: dict[str, list[LoggedCommand]] = field(default_factory=dict)
+    """Every command sent, per host (secrets redacted): a deploy that finds nothing to
+    do sends no write command."""
+    waits: dict[str, float] = field(default_factory=dict)
+    """Per phase, the seconds its slowest host spent in health gates and verification."""
 
     @property
     def ok(self) -> bool:
@@ -114,10 +123,9 @@ class DeployOutcome:
 
     @property
     def gate_seconds(self) -> float:
-        """Time spent waiting on health gates and verification (not deploykit's own)."""
-        waits = ("health gate", "verify")
-        return sum(r.duration for h in self.report.hosts.values() for r in h.results
-                   if r.task.startswith(waits))
+        """Wall time spent waiting on health gates and verification (not deploykit's own):
+        :attr:`waits` summed over the phases (hosts wait in parallel within a phase)."""
+        return sum(self.waits.values())
 
 
 def other(color: str) -> str:
@@ -140,6 +148,7 @@ class _Deploy:
         if isinstance(plan.env, Secret):
             self.report.secrets.append(plan.env)
         self.phases: dict[str, float] = {}
+        self.waits: dict[str, float] = {}
         self.conns: dict[str, Connection] = {}
         self.workdir = ""
 
@@ -161,15 +170,34 @@ class _Deploy:
             total.error = total.error or entry.error
         self.report.secrets.extend(part.secrets)
         self.phases[name] = time.monotonic() - started
+        waited = max((sum(r.duration for r in entry.results if r.task.startswith(WAITS))
+                      for entry in part.hosts.values()), default=0.0)
+        if waited:
+            self.waits[name] = waited
         return part
 
     def outcome(self, result: Outcome, color: str | None, previous: str | None,
                 message: str) -> DeployOutcome:
         self.report.finish()
-        return DeployOutcome(result, color, previous, self.report, self.phases, message)
+        logs = {name: list(conn.log) for name, conn in self.conns.items()}
+        return DeployOutcome(result, color, previous, self.report, self.phases, message, logs,
+                             self.waits)
 
     def fail_host(self, host: str, message: str) -> None:
         self.report.add(Result(host, "blue/green", Status.FAILED, message=message))
+
+    @staticmethod
+    def why(part: RunReport) -> str:
+        """``'<step>' failed on web-1, web-2``: a failed phase's first failed step and the
+        hosts it failed on (the report has each host's message)."""
+        failed = [r for entry in part.hosts.values() for r in entry.results if r.failed]
+        if not failed:
+            lost = [f"{name}: {entry.error}" for name, entry in part.hosts.items()
+                    if entry.error]
+            return "; ".join(lost) or "a host failed"
+        task = failed[0].task
+        hosts = sorted({r.host for r in failed if r.task == task})
+        return f"{task!r} failed on {', '.join(hosts)}"
 
     # -- the deploy --------------------------------------------------------------
 
@@ -212,7 +240,7 @@ class _Deploy:
                                     f"{plan.release_id} already serves on {active}")
             if part.failed:
                 return self.outcome("failed", active, active, "re-asserting the live "
-                                    "release failed; see the report")
+                                    f"release failed: {self.why(part)}")
             return self.outcome("deployed", active, active,
                                 f"{plan.release_id} on {active}: drift repaired")
         idle = other(active) if active else COLORS[0]
@@ -224,21 +252,29 @@ class _Deploy:
                                 f"traffic from {active or 'nothing'} to {idle}")
 
         if self.db is not None and plan.database:
-            if self.phase("database", self.database_steps(), [self.db], undo="host").failed:
+            part = self.phase("database", self.database_steps(), [self.db], undo="host")
+            if part.failed:
                 return self.outcome("failed", active, active,
-                                    "database phase failed; traffic was not moved")
+                                    f"database phase failed: {self.why(part)}; traffic was "
+                                    "not moved")
 
-        if self.phase("prepare", self.prepare_steps(idle, gate=True), self.web).failed:
+        part = self.phase("prepare", self.prepare_steps(idle, gate=True), self.web)
+        if part.failed:
             # the fleet-wide undo already put the idle colour back as it was
             return self.outcome("failed", active, active,
-                                f"{plan.release_id} failed before the switch on {idle}; "
-                                f"traffic stays on {active or 'nothing'}")
+                                f"{plan.release_id} failed before the switch on {idle}: "
+                                f"{self.why(part)}; traffic stays on {active or 'nothing'}")
 
-        if self.phase("switch", self.switch_steps(idle, verify=True), self.web).failed:
-            self.after_failure(idle)
+        part = self.phase("switch", self.switch_steps(idle, verify=True,
+                                                      site_first=active is not None), self.web)
+        if part.failed:
+            self.after_failure(idle, mark=any(  # blame the release only for its own failure
+                r.failed and r.task.startswith("verify:")
+                for h in part.hosts.values() for r in h.results))
             return self.outcome("rolled_back", active, active,
-                                f"{plan.release_id} failed verification on {idle}; "
-                                f"traffic switched back to {active or 'nothing'}")
+                                f"{plan.release_id} failed the switch to {idle}: "
+                                f"{self.why(part)}; traffic switched back to "
+                                f"{active or 'nothing'}")
 
         self.phase("finish", [releases.switch(plan.app, plan.release_id),
                               releases.cleanup(plan.app, keep=plan.keep_releases)], self.web)
@@ -260,14 +296,16 @@ class _Deploy:
                 return False
         return True
 
-    def after_failure(self, idle: str) -> None:
-        """The new release failed verification after the switch (traffic is back on the
-        old colour): mark the release failed and stop ``idle``'s program."""
-        self.phase("mark failed", [
-            services.service(self.plan.program(idle), "stopped", name=f"stop {idle}"),
-            releases.mark_failed(self.plan.app, self.plan.release_id,
-                                 reason="blue/green deploy failed"),
-        ], self.web, undo="none")
+    def after_failure(self, idle: str, *, mark: bool) -> None:
+        """The switch failed and traffic is back on the old colour: stop ``idle``'s
+        program; with ``mark``, the release failed verification: mark it failed (a
+        switch refused by the host's nginx is not the release's fault)."""
+        steps: list[object] = [services.service(self.plan.program(idle), "stopped",
+                                                name=f"stop {idle}")]
+        if mark:
+            steps.append(releases.mark_failed(self.plan.app, self.plan.release_id,
+                                              reason="blue/green deploy failed"))
+        self.phase("after failure", steps, self.web, undo="none")
 
     # -- the steps ----------------------------------------------------------------
 
@@ -321,12 +359,17 @@ class _Deploy:
                 name=f"health gate: {color} {plan.health_path}"))
         return steps
 
-    def switch_steps(self, color: str, *, verify: bool) -> list[object]:
+    def switch_steps(self, color: str, *, verify: bool, site_first: bool = False) -> list[object]:
+        """nginx to ``color`` (and the site), then with ``verify`` the checks through nginx.
+
+        ``site_first`` (the upstream exists already): write the site before moving the
+        upstream, so that a site nginx rejects fails while traffic is still where it was.
+        """
         plan = self.plan
-        steps: list[object] = [
-            nginx.switch(plan.app, color, colors=plan.ports, name=f"nginx: traffic to {color}"),
-            nginx.site(plan.app, plan.server_name, disable_default=True),
-        ]
+        switch = nginx.switch(plan.app, color, colors=plan.ports,
+                              name=f"nginx: traffic to {color}")
+        site = nginx.site(plan.app, plan.server_name, disable_default=True)
+        steps: list[object] = [site, switch] if site_first else [switch, site]
         if not verify:
             return steps
         steps += [
