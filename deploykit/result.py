@@ -238,6 +238,18 @@ class RunReport:
         report.unreachable = True
         report.error = error
 
+    def merge(self, part: RunReport) -> None:
+        """Append another run's results, undo records and secrets to this report
+        (a strategy runs in phases; one report tells the whole deploy)."""
+        for name, entry in part.hosts.items():
+            host = self.host(name)
+            host.results.extend(entry.results)
+            host.undone.extend(entry.undone)
+            host.undo_failed.extend(entry.undo_failed)
+            host.unreachable = host.unreachable or entry.unreachable
+            host.error = host.error or entry.error
+        self.secrets.extend(s for s in part.secrets if s not in self.secrets)
+
     def finish(self) -> None:
         """Record the end time of the run (now)."""
         self.finished = time.time()

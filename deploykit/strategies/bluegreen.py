@@ -161,14 +161,7 @@ class _Deploy:
         runner = Runner(steps, forks=self.forks, undo=undo, check=self.check,  # type: ignore[arg-type]
                         reporter=self.reporter, run_id=self.report.run_id)
         part = runner.run(hosts, connections=self.conns)
-        for host, entry in part.hosts.items():
-            total = self.report.host(host)
-            total.results.extend(entry.results)
-            total.undone.extend(entry.undone)
-            total.undo_failed.extend(entry.undo_failed)
-            total.unreachable = total.unreachable or entry.unreachable
-            total.error = total.error or entry.error
-        self.report.secrets.extend(part.secrets)
+        self.report.merge(part)
         self.phases[name] = time.monotonic() - started
         waited = max((sum(r.duration for r in entry.results if r.task.startswith(WAITS))
                       for entry in part.hosts.values()), default=0.0)

@@ -1,0 +1,629 @@
+"""``deploykit.yml``: a project's deploy configuration, in one place.
+
+Every key is documented in :data:`SCHEMA` (``invoke config`` prints them). An
+unknown key (top level or inside a section) is an error with a did-you-mean,
+a missing required key names itself, and a value of the wrong type says what
+it should be. Relative paths are relative to the file's own directory.
+
+**Secrets never live in the file.** A string may hold references, resolved on
+the controller only when needed and then handled as
+:class:`~deploykit.secrets.Secret` values (redacted from every report, log,
+history line and message):
+
+=====================  ===========================================================
+``${env:NAME}``        the controller's environment variable ``NAME`` (a secret)
+``${file:PATH}``       the content of a controller-side file, trailing newline
+                       stripped (a secret; PATH relative to deploykit.yml)
+``${database_url}``    ``postgresql://user:password@db-address:port/<database.name>``
+                       built from the db host's inventory vars (``postgres_user``,
+                       ``postgres_password`` or ``postgres_password_file``,
+                       ``postgres_port``), the password percent-encoded (a secret)
+``${redis_url}``       ``redis://db-address:<redis_port or 6379>/0``
+``${db.address}``      the db host's address; ``${db.VAR}`` any of its host vars
+``${app}``             the app name
+``$$``                 a literal ``$``
+=====================  ===========================================================
+
+Credentials (``preflight.ci_token``, ``notify.slack_webhook_url``) must be a
+reference; so must every key of ``env`` listed in ``preflight.required_secrets``.
+
+Example::
+
+    app: sampleapp
+    source: examples/app          # the app's source tree, built into artifacts
+    inventory: inventories/lab.yml
+    web: web                      # selector of the hosts running the app
+    db: db                        # selector of the one database host
+    database: {name: sampleapp}
+    env:                          # the app's .env, written 0640 on every web host
+      DATABASE_URL: ${database_url}
+      REDIS_URL: ${redis_url}
+      SECRET_KEY: ${env:SAMPLEAPP_SECRET_KEY}
+    preflight: {required_secrets: [DATABASE_URL, SECRET_KEY], ports_listening: [80]}
+    notify: {slack_webhook_url: "${env:SLACK_WEBHOOK_URL}"}
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from deploykit.errors import ConfigError
+from deploykit.inventory import Host
+from deploykit.pg import PgSettings
+from deploykit.secrets import Secret
+from deploykit.task import Facts
+from deploykit.tasks.checks import DEFAULT_WEAK_VALUES, ControllerCheck, Verdict
+
+__all__ = [
+    "SCHEMA",
+    "AppEnv",
+    "DatabaseConfig",
+    "DeployConfig",
+    "Key",
+    "NotifyConfig",
+    "PreflightConfig",
+    "RenderedEnvCheck",
+    "describe_keys",
+    "is_reference",
+    "load_config",
+    "parse_config",
+    "render_env",
+    "resolve_secret",
+]
+
+# -- the schema -------------------------------------------------------------------------------
+
+REQUIRED: Any = object()
+"""The default of a key that must be given."""
+EVENTS = ("start", "success", "failure", "rollback")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key: its kind (see :func:`_check`), default and meaning."""
+
+    kind: str
+    default: Any
+    doc: str
+
+
+SECTIONS: dict[str, dict[str, Key]] = {
+    "database": {
+        "name": Key("name?", None, "the app's PostgreSQL database on the db host (none: no "
+                                   "database phase, no backup)"),
+        "backup": Key("bool", True, "back the database up before every deploy's migrations"),
+        "backup_keep_last": Key("count?", 10, "backups kept (newest); others are removed"),
+        "backup_keep_days": Key("number?", None, "also keep backups younger than this"),
+    },
+    "preflight": {
+        "disk_paths": Key("paths", ["/"], "paths whose free space is checked on every host"),
+        "min_disk_mb": Key("count", 512, "free MiB each disk path needs (check: resources)"),
+        "min_memory_mb": Key("count?", 128, "available MiB of memory needed (resources)"),
+        "ports_listening": Key("ports", [], "ports that must listen on the web hosts (ports)"),
+        "ports_free": Key("ports", [], "ports that must be free on the web hosts (ports)"),
+        "reachable": Key("endpoints", [], "'selector:port' the controller must reach, e.g. "
+                                          "db:5432 (reachable)"),
+        "backup_max_age_hours": Key("number?", None, "a verified backup of the database newer "
+                                                     "than this must exist (backup)"),
+        "ci_status_url": Key("text?", None, "GitHub-style combined status URL; {sha} is the "
+                                            "commit (ci)"),
+        "ci_token": Key("secret?", None, "token for the CI status API: a ${env:..} or "
+                                         "${file:..} reference"),
+        "git_clean": Key("bool", False, "the project's git tree must be clean (git-clean)"),
+        "required_secrets": Key("names", [], "env keys that must be set, from references, and "
+                                             "not weak (secrets)"),
+        "min_secret_length": Key("count", 12, "shortest acceptable required secret"),
+    },
+    "notify": {
+        "webhook_url": Key("text?", None, "generic JSON webhook (a URL or a reference)"),
+        "slack_webhook_url": Key("secret?", None, "Slack incoming webhook: a reference"),
+        "events": Key("events", list(EVENTS), "events sent: start, success, failure, "
+                                              "rollback"),
+        "timeout": Key("number", 5, "seconds one notification may take, in total"),
+    },
+}
+
+SCHEMA: dict[str, Key] = {
+    "app": Key("name", REQUIRED, "application name: names /srv/<app>, programs, the upstream"),
+    "source": Key("text", ".", "the app's source tree (requirements.txt, versions/)"),
+    "version": Key("name?", None, "the version deployed when --version is not given"),
+    "inventory": Key("text", "inventories/lab.yml", "inventory file"),
+    "web": Key("text", "web", "selector of the hosts that run the app"),
+    "db": Key("text?", "db", "selector of the one database host (null: none)"),
+    "artifacts": Key("text", ".deploykit/artifacts", "where release artifacts are built"),
+    "wheelhouse": Key("text?", None, "wheels bundled into artifacts (default: "
+                                     "$DEPLOYKIT_WHEELHOUSE or ./.cache/wheelhouse)"),
+    "runs": Key("text", ".deploykit/runs", "where run reports and logs are written"),
+    "strategy": Key("strategy", "bluegreen", "default strategy: bluegreen (rolling, canary: "
+                                             "not yet)"),
+    "ports": Key("colors", {"blue": 8001, "green": 8002}, "the app's port per colour"),
+    "command": Key("command", ["venv/bin/gunicorn", "-c", "gunicorn.conf.py",
+                               "sampleapp.web:application"],
+                   "the app's command, run in the release directory"),
+    "app_user": Key("text", "www-data", "the user the app runs as"),
+    "server_name": Key("text", "_", "nginx server_name of the app's site"),
+    "health_path": Key("text", "/health", "health endpoint (JSON with status: ok)"),
+    "version_path": Key("text", "/version", "version endpoint (JSON with version)"),
+    "health_retries": Key("count", 40, "health gate attempts before the deploy fails"),
+    "health_interval": Key("number", 0.25, "seconds between health gate attempts"),
+    "latency_budget_ms": Key("number?", 500, "p95 latency allowed through nginx (null: none)"),
+    "verify_requests": Key("count", 40, "requests sent through nginx when verifying"),
+    "grace_seconds": Key("number", 2, "seconds before the old colour is stopped"),
+    "keep_releases": Key("count", 5, "releases kept per host"),
+    "lock_ttl_minutes": Key("number", 60, "a lock older than this is reported as stale"),
+    "database": Key("section", {}, "see database.*"),
+    "preflight": Key("section", {}, "see preflight.*"),
+    "notify": Key("section", {}, "see notify.*"),
+    "env": Key("env", {}, "the app's .env: KEY: value, values may hold ${...} references"),
+}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KIND_TEXT = {
+    "name": "a name (letters, digits, '.', '_', '-')", "text": "a string", "bool": "true or false",
+    "count": "a whole number >= 0", "number": "a number >= 0", "paths": "a list of absolute paths",
+    "ports": "a list of ports (1-65535)", "names": "a list of variable names",
+    "endpoints": "a list of 'selector:port'", "events": f"a list of {', '.join(EVENTS)}",
+    "strategy": "bluegreen, rolling or canary", "colors": "{blue: PORT, green: PORT}",
+    "command": "a non-empty list of strings", "section": "a mapping",
+    "env": "a mapping of NAME: value", "secret": "a ${env:NAME} or ${file:PATH} reference "
+                                                "(secrets never live in deploykit.yml)",
+}
+
+
+def _is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _check(kind: str, value: Any) -> bool:
+    """True when ``value`` is of ``kind`` (a trailing ``?`` allows None)."""
+    if kind.endswith("?"):
+        return value is None or _check(kind[:-1], value)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    checks: dict[str, Callable[[], bool]] = {
+        "name": lambda: isinstance(value, str) and bool(_NAME.match(value)),
+        "text": lambda: isinstance(value, str) and value != "",
+        "bool": lambda: isinstance(value, bool),
+        "count": lambda: number and float(value).is_integer() and value >= 0,
+        "number": lambda: number and value >= 0,
+        "paths": lambda: strings and all(v.startswith("/") for v in value),
+        "ports": lambda: isinstance(value, list) and all(_is_port(v) for v in value),
+        "names": lambda: strings and all(_ENV_KEY.match(v) for v in value),
+        "endpoints": lambda: strings and all(re.fullmatch(r"[^:\s]+:\d{1,5}", v) and
+                                             _is_port(int(v.rsplit(":", 1)[1])) for v in value),
+        "events": lambda: strings and all(v in EVENTS for v in value),
+        "strategy": lambda: value in ("bluegreen", "rolling", "canary"),
+        "colors": lambda: isinstance(value, dict) and sorted(value) == ["blue", "green"]
+        and all(_is_port(v) for v in value.values()),
+        "command": lambda: strings and bool(value) and all(value),
+        "section": lambda: isinstance(value, dict),
+        "env": lambda: isinstance(value, dict) and all(
+            isinstance(k, str) and _ENV_KEY.match(k) for k in value)
+        and all(isinstance(v, str | int | float) for v in value.values()),
+        "secret": lambda: isinstance(value, str) and is_reference(value),
+    }
+    return checks[kind]()
+
+
+def _unknown(where: str, key: object, known: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; keys: {', '.join(known)}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _values(where: str, data: Mapping[str, Any], schema: Mapping[str, Key],
+            prefix: str = "") -> dict[str, Any]:
+    """Validate ``data`` against ``schema``: every key known, typed, required ones present."""
+    for key in data:
+        if key not in schema:
+            raise _unknown(f"{where}: {prefix.rstrip('.')}" if prefix else where, key,
+                           list(schema))
+    values: dict[str, Any] = {}
+    for key, spec in schema.items():
+        if key not in data:
+            if spec.default is REQUIRED:
+                raise ConfigError(f"{where}: missing required key {prefix}{key!r}")
+            values[key] = spec.default
+            continue
+        value = data[key]
+        if not _check(spec.kind, value):
+            kind = spec.kind.rstrip("?")
+            raise ConfigError(f"{where}: {prefix}{key} must be {_KIND_TEXT[kind]}"
+                              + (" or null" if spec.kind.endswith("?") else "")
+                              + f", got {value!r}")
+        values[key] = value
+    return values
+
+
+# -- references ---------------------------------------------------------------------------
+
+_REF = re.compile(r"\$\$|\$\{([^}]*)\}")
+
+
+def is_reference(text: str) -> bool:
+    """True when ``text`` is exactly one ``${env:NAME}`` or ``${file:PATH}`` reference."""
+    match = _REF.fullmatch(text)
+    return bool(match and match.group(1) and re.fullmatch(r"(env:[A-Za-z_]\w*|file:.+)",
+                                                          match.group(1)))
+
+
+Lookup = Callable[[str], "str | Secret"]
+
+
+def resolve(text: str, lookup: Lookup, where: str) -> tuple[str, list[Secret]]:
+    """``text`` with every ``${...}`` replaced by ``lookup(name)``; also the secrets used.
+
+    A reference that ``lookup`` does not know is a :class:`ConfigError` naming
+    ``where`` (the key holding it).
+    """
+    used: list[Secret] = []
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1).strip()
+        try:
+            value = lookup(name)
+        except KeyError:
+            raise ConfigError(f"{where}: unknown reference ${{{name}}} (known: env:NAME, "
+                              f"file:PATH, database_url, redis_url, db.address, db.VAR, "
+                              f"app)") from None
+        if isinstance(value, Secret):
+            used.append(value)
+            return value.reveal()
+        return value
+
+    if "${" in _REF.sub("", text):
+        raise ConfigError(f"{where}: unclosed reference in {text!r}")
+    return _REF.sub(one, text), used
+
+
+def _controller_secret(name: str, base: Path, where: str) -> Secret:
+    """``env:NAME`` or ``file:PATH`` as a Secret; KeyError for any other name."""
+    kind, _, rest = name.partition(":")
+    if kind == "env" and rest:
+        value = os.environ.get(rest)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {rest} is not set (or empty)")
+        return Secret(value)
+    if kind == "file" and rest:
+        path = (base / rest).expanduser()
+        try:
+            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {path}: "
+                              f"{exc.strerror}") from None
+    raise KeyError(name)
+
+
+# -- the configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``database:``: the app's database on the db host."""
+
+    name: str | None = None
+    backup: bool = True
+    backup_keep_last: int | None = 10
+    backup_keep_days: float | None = None
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    """``preflight:``: the checks run before a deploy changes anything."""
+
+    disk_paths: list[str] = field(default_factory=lambda: ["/"])
+    min_disk_mb: int = 512
+    min_memory_mb: int | None = 128
+    ports_listening: list[int] = field(default_factory=list)
+    ports_free: list[int] = field(default_factory=list)
+    reachable: list[str] = field(default_factory=list)
+    backup_max_age_hours: float | None = None
+    ci_status_url: str | None = None
+    ci_token: str | None = None
+    git_clean: bool = False
+    required_secrets: list[str] = field(default_factory=list)
+    min_secret_length: int = 12
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """``notify:``: where deploy events are sent."""
+
+    webhook_url: str | None = None
+    slack_webhook_url: str | None = None
+    events: list[str] = field(default_factory=lambda: list(EVENTS))
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """The validated contents of ``deploykit.yml``; paths are absolute."""
+
+    path: Path
+    app: str
+    source: Path
+    version: str | None
+    inventory: Path
+    web: str
+    db: str | None
+    artifacts: Path
+    wheelhouse: Path | None
+    runs: Path
+    strategy: str
+    ports: dict[str, int]
+    command: list[str]
+    app_user: str
+    server_name: str
+    health_path: str
+    version_path: str
+    health_retries: int
+    health_interval: float
+    latency_budget_ms: float | None
+    verify_requests: int
+    grace_seconds: float
+    keep_releases: int
+    lock_ttl_minutes: float
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        """The directory holding deploykit.yml (the project)."""
+        return self.path.parent
+
+    @property
+    def lock_ttl(self) -> float:
+        """The lock TTL in seconds."""
+        return self.lock_ttl_minutes * 60
+
+    def secret(self, reference: str | None, where: str) -> Secret | None:
+        """Resolve a credential reference (``${env:..}``/``${file:..}``); None when unset."""
+        if reference is None:
+            return None
+        return resolve_secret(reference, self.root, where)
+
+    def url(self, value: str | None, where: str) -> str | Secret | None:
+        """A URL given literally (a str) or as a reference (a Secret)."""
+        if value is None:
+            return None
+        return self.secret(value, where) if "${" in value else value
+
+
+def resolve_secret(reference: str, base: Path, where: str) -> Secret:
+    """The Secret a ``${env:NAME}``/``${file:PATH}`` reference names (ConfigError if not)."""
+    if not is_reference(reference):
+        raise ConfigError(f"{where} must be {_KIND_TEXT['secret']}, got {reference!r}")
+    value, _ = resolve(reference, lambda n: _controller_secret(n, base, where), where)
+    return Secret(value)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
+    """Validate a loaded mapping (see :data:`SCHEMA`) into a :class:`DeployConfig`."""
+    where = str(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    values = _values(where, data, SCHEMA)
+    sections = {name: _values(where, values[name], keys, f"{name}.")
+                for name, keys in SECTIONS.items()}
+    env = {k: str(v).lower() if isinstance(v, bool) else str(v)
+           for k, v in values["env"].items()}
+    pre = sections["preflight"]
+    for key in pre["required_secrets"]:
+        if key not in env:
+            raise ConfigError(f"{where}: preflight.required_secrets names {key}, which env "
+                              f"does not set")
+        if not _REF.search(env[key]):
+            raise ConfigError(f"{where}: env.{key} is a required secret but is written in "
+                              f"deploykit.yml: give it as ${{env:NAME}} or ${{file:PATH}} "
+                              f"(secrets never live in deploykit.yml)")
+    base = path.parent
+    return DeployConfig(
+        path=path,
+        app=values["app"], source=(base / values["source"]).resolve(),
+        version=values["version"], inventory=(base / values["inventory"]).resolve(),
+        web=values["web"], db=values["db"] or None,
+        artifacts=(base / values["artifacts"]).resolve(), runs=(base / values["runs"]).resolve(),
+        wheelhouse=(base / values["wheelhouse"]).resolve() if values["wheelhouse"] else None,
+        strategy=values["strategy"], ports=dict(values["ports"]), command=list(values["command"]),
+        app_user=values["app_user"], server_name=values["server_name"],
+        health_path=values["health_path"], version_path=values["version_path"],
+        health_retries=int(values["health_retries"]),
+        health_interval=float(values["health_interval"]),
+        latency_budget_ms=(None if values["latency_budget_ms"] is None
+                           else float(values["latency_budget_ms"])),
+        verify_requests=int(values["verify_requests"]),
+        grace_seconds=float(values["grace_seconds"]),
+        keep_releases=int(values["keep_releases"]),
+        lock_ttl_minutes=float(values["lock_ttl_minutes"]),
+        database=DatabaseConfig(**sections["database"]),
+        preflight=PreflightConfig(**{**pre, "min_disk_mb": int(pre["min_disk_mb"])}),
+        notify=NotifyConfig(**{**sections["notify"],
+                               "timeout": float(sections["notify"]["timeout"])}),
+        env=env,
+    )
+
+
+def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
+    """Load and validate ``deploykit.yml``; every problem is one ConfigError naming the file."""
+    p = Path(path).resolve()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (create deploykit.yml; `invoke config` lists "
+                          f"its keys)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{line}: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_config({} if data is None else data, p)
+
+
+def describe_keys() -> str:
+    """Every key with its default and meaning, for ``invoke config``."""
+    lines = []
+    for key, spec in SCHEMA.items():
+        if spec.kind == "section":
+            for sub, s in SECTIONS[key].items():
+                lines.append(_describe(f"{key}.{sub}", s))
+        else:
+            lines.append(_describe(key, spec))
+    return "\n".join(lines)
+
+
+def _describe(key: str, spec: Key) -> str:
+    shown = "(required)" if spec.default is REQUIRED else f"default {spec.default!r}"
+    if len(shown) > 30:
+        shown = shown[:27] + "...'"
+    return f"{key:30} {shown:32} {spec.doc}"
+
+
+# -- the app's .env ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppEnv:
+    """The rendered ``.env``: its text (a Secret), every secret value inside it (to
+    redact everywhere), and each key's value as a Secret (for the secrets check)."""
+
+    text: Secret
+    secrets: list[Secret]
+    values: dict[str, Secret]
+
+
+def _db_lookup(config: DeployConfig, db: Host | None, where: str) -> Lookup:
+    def lookup(name: str) -> str | Secret:
+        if name == "app":
+            return config.app
+        if name in ("database_url", "redis_url") or name.startswith("db."):
+            if db is None:
+                raise ConfigError(f"${{{name}}} needs a database host: set db in "
+                                  f"{config.path.name}")
+            if name == "database_url":
+                return database_url(config, db)
+            if name == "redis_url":
+                return f"redis://{db.address}:{int(db.vars.get('redis_port', 6379))}/0"
+            var = name[3:]
+            if var == "address":
+                return db.address
+            if var not in db.vars:
+                raise ConfigError(f"${{{name}}}: host {db.name} has no var {var!r}")
+            value = db.vars[var]
+            return value if isinstance(value, Secret) else str(value)
+        return _controller_secret(name, config.root, where)
+    return lookup
+
+
+def database_url(config: DeployConfig, db: Host) -> Secret:
+    """``postgresql://user:password@address:port/name`` from the db host's inventory vars
+    (the password percent-encoded); a Secret."""
+    if not config.database.name:
+        raise ConfigError(f"${{database_url}} needs database.name in {config.path.name}")
+    pg = PgSettings.from_host(db)
+    user = urllib.parse.quote(pg.user, safe="")
+    auth = user if pg.password is None else (
+        f"{user}:{urllib.parse.quote(pg.password.reveal(), safe='')}")
+    return Secret(f"postgresql://{auth}@{db.address}:{pg.port}/{config.database.name}")
+
+
+def render_env(config: DeployConfig, db: Host | None) -> AppEnv:
+    """Render ``env`` into the app's ``.env`` (``KEY=value`` lines, values quoted when they
+    hold spaces or quotes), resolving every reference (see the module docstring)."""
+    lines: list[str] = []
+    secrets: list[Secret] = []
+    values: dict[str, Secret] = {}
+    for key, raw in config.env.items():
+        where = f"{config.path.name}: env.{key}"
+        value, used = resolve(raw, _db_lookup(config, db, where), where)
+        if "\n" in value:
+            raise ConfigError(f"{config.path.name}: env.{key} holds a line break")
+        secrets += used
+        for s in used:  # the password inside a URL is percent-encoded: redact that form too
+            encoded = urllib.parse.quote(s.reveal(), safe="")
+            if encoded != s.reveal():
+                secrets.append(Secret(encoded))
+        if used:
+            secrets.append(Secret(value))
+        values[key] = Secret(value)
+        shown = f'"{value}"' if re.search(r"[\s'\"#]", value) and '"' not in value else value
+        lines.append(f"{key}={shown}")
+    if db is not None and config.database.name:
+        password = PgSettings.from_host(db).password
+        if password is not None:  # never shown even when no env value holds it
+            secrets += [password, Secret(urllib.parse.quote(password.reveal(), safe=""))]
+    text = Secret("".join(f"{line}\n" for line in lines))
+    return AppEnv(text, [s for s in dict.fromkeys(secrets) if s], values)
+
+
+# -- the controller-side secrets check -------------------------------------------------------
+
+
+class RenderedEnvCheck(ControllerCheck):
+    """The required secrets of the rendered ``.env`` are present and not weak.
+
+    The same rules as :func:`deploykit.tasks.checks.env_secrets` (missing,
+    empty, a known default, one character repeated, shorter than
+    ``min_length``), applied on the controller to the ``.env`` deploykit is
+    about to write: the values never leave the controller for this check.
+    """
+
+    kind: ClassVar[str] = "secrets"
+
+    def __init__(self, env: AppEnv, keys: Sequence[str], *, min_length: int = 12,
+                 weak: Sequence[str] = DEFAULT_WEAK_VALUES, name: str | None = None) -> None:
+        super().__init__(name=name or "secrets")
+        self.env = env
+        self.keys = tuple(keys)
+        self.min_length = min_length
+        self.weak = {w.lower() for w in weak}
+
+    def target(self) -> str:
+        return ".env"
+
+    @property
+    def secrets(self) -> Sequence[Secret]:
+        return self.env.secrets
+
+    def gather(self, host: Host | None) -> Facts:
+        reasons = {}
+        for key in self.keys:
+            value = self.env.values.get(key)
+            text = value.reveal() if value is not None else None
+            if text is None:
+                reasons[key] = "missing"
+            elif not text:
+                reasons[key] = "empty"
+            elif text.lower() in self.weak:
+                reasons[key] = "a known default value"
+            elif len(text) > 1 and len(set(text)) == 1:
+                reasons[key] = "one character repeated"
+            elif len(text) < self.min_length:
+                reasons[key] = f"shorter than {self.min_length} characters"
+            else:
+                reasons[key] = "ok"
+        return {"keys": reasons}
+
+    def evaluate(self, host: Host | None, facts: Facts) -> Verdict:
+        bad = [f"{k} is {r}" for k, r in facts["keys"].items() if r != "ok"]
+        data = {"keys": facts["keys"]}
+        if bad:
+            return Verdict([f"secrets in the app's .env (env in deploykit.yml): "
+                            f"{'; '.join(bad)}"], data=data)
+        return Verdict([], f"{len(self.keys)} required secret(s) set and not weak", data)
