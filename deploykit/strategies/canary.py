@@ -1,0 +1,532 @@
+"""Canary deploys with automatic analysis (runbook 001), on the blue/green layout.
+
+The new release runs beside the stable one as the idle colour (exactly as
+:mod:`~deploykit.strategies.bluegreen` prepares it), and nginx's upstream shifts
+traffic to it in weighted steps (default 5 -> 25 -> 50 -> 100 %). A deploy:
+
+1. **inspect**: the active colour is the stable side; it must agree across the
+   fleet, and there must be one (the first release goes out with blue/green). When
+   the stable colour already runs this artifact, only the traffic is re-asserted.
+2. **database** (when ``release.database`` is set): as for blue/green.
+3. **prepare** the canary colour on every web host (release, program, health gate),
+   and the analysis log (:func:`~deploykit.strategies.analysis.access_log`). Any
+   failure: the canary colour is put back as it was, traffic never moved.
+4. **steps**: for each weight, ``nginx.weights`` on every host (tested, reloaded,
+   verified; the marker keeps naming the stable colour), then an **analysis
+   window**: wait ``window`` seconds, read every host's new log lines (one read-only
+   round trip per host), and judge the canary against the stable side
+   (:func:`~deploykit.strategies.analysis.judge`: 5xx share, p95, margins, a
+   minimum request count). Too few canary requests: the window is extended, up to
+   ``max_extensions`` more windows; still too few is **inconclusive**: rolled back
+   (or paused, with ``on_inconclusive="pause"``), never promoted.
+5. **promote** when every step passed: ``nginx.switch`` to the canary colour (it
+   becomes the active one), ``current`` points at the release, old releases are
+   pruned; after ``grace_seconds`` the old colour's program is stopped.
+   **Roll back** at the first failing step: ``nginx.switch`` back to the stable
+   colour (the canary's weight goes to nothing), the canary's program is stopped
+   and the release marked failed (not when the step was only inconclusive or the
+   operator aborted: there was no evidence against it).
+
+``pause=True`` holds after the first analysed step (``pause=25``: after the 25 %
+step) and returns ``paused``; :func:`promote` later continues from the weight
+found on the hosts (``full=True``: straight to 100 % without more analysis), and
+:func:`abort` rolls back. The state between them is on the hosts only (the
+upstream's weights and the colour links), so any controller can continue.
+
+The strategy does not generate traffic. A ``traffic`` callback (tests, demos) is
+called at the start of every window with its length; the window then lasts at
+least that long. Every step's figures are in :attr:`CanaryOutcome.steps` and, per
+host, in the report (a ``canary: analysis N %`` result whose ``data`` holds the
+fleet's and the host's figures, the checks and the verdict).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from deploykit.errors import ConfigError, DeployError
+from deploykit.inventory import Host
+from deploykit.report import NullReporter, Reporter
+from deploykit.result import Result, RunReport, Status
+from deploykit.strategies.analysis import (
+    AccessLog,
+    Comparison,
+    LogWindow,
+    Thresholds,
+    Verdict,
+    access_log,
+    compare,
+)
+from deploykit.strategies.bluegreen import BlueGreen, DeployOutcome, _Deploy, other
+from deploykit.task import Task
+from deploykit.tasks import nginx, releases, services
+
+__all__ = ["Canary", "CanaryOutcome", "StepReport", "abort", "deploy", "promote"]
+
+Traffic = Callable[[float], object]
+CanaryResult = Literal["deployed", "unchanged", "failed", "rolled_back", "paused", "checked"]
+BACKEND = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A canary deploy: the release (a blue/green plan) and how to shift and judge.
+
+    ``steps`` are canary weights in percent, increasing, 1 to 100; ``window`` the
+    seconds of traffic each step is judged on; ``max_extensions`` how many more
+    windows a step may wait for ``thresholds.min_requests`` canary requests.
+    """
+
+    release: BlueGreen
+    steps: Sequence[int] = (5, 25, 50, 100)
+    window: float = 60.0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    max_extensions: int = 2
+    on_inconclusive: Literal["rollback", "pause"] = "rollback"
+    log: AccessLog = field(default_factory=AccessLog)
+
+    def __post_init__(self) -> None:
+        steps = tuple(self.steps)
+        if not steps or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 100
+                            for w in steps):
+            raise ConfigError(f"canary steps must be percentages from 1 to 100, not {steps!r}")
+        if any(a >= b for a, b in itertools.pairwise(steps)):
+            raise ConfigError(f"canary steps must increase, not {steps!r}")
+        object.__setattr__(self, "steps", steps)
+        if isinstance(self.window, bool) or not isinstance(self.window, int | float) \
+                or not 0 < self.window <= 3600:
+            raise ConfigError(f"canary window must be in (0, 3600] seconds, not {self.window!r}")
+        if isinstance(self.max_extensions, bool) or not isinstance(self.max_extensions, int) \
+                or not 0 <= self.max_extensions <= 100:
+            raise ConfigError(f"max_extensions must be an integer from 0 to 100, "
+                              f"not {self.max_extensions!r}")
+        if self.on_inconclusive not in ("rollback", "pause"):
+            raise ConfigError(f"on_inconclusive must be 'rollback' or 'pause', "
+                              f"not {self.on_inconclusive!r}")
+
+    def address(self, color: str) -> str:
+        """The upstream address of a colour (what the access log names)."""
+        return f"{BACKEND}:{self.release.ports[color]}"
+
+
+@dataclass
+class StepReport:
+    """One step's analysis: its figures, verdict, and what reading them cost."""
+
+    index: int
+    weight: int
+    windows: int
+    seconds: float
+    comparison: Comparison
+    read_seconds: float
+    compute_seconds: float
+    bytes: int
+    lines: int
+    malformed: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict on the canary at this step."""
+        return self.comparison.verdict
+
+    def summary(self) -> str:
+        """``5 %: canary 23 requests, 0.0% 5xx, p95 1004 ms; stable ...: fail (...)``."""
+        c = self.comparison
+        text = (f"{self.weight} %: canary {c.canary.describe()}; stable {c.stable.describe()}"
+                f" ({self.windows} window{'s' if self.windows > 1 else ''}, "
+                f"{self.seconds:.1f} s): {self.verdict.status}")
+        return text + (f": {'; '.join(self.verdict.reasons)}" if self.verdict.reasons else "")
+
+    def as_dict(self, host: str | None = None) -> dict[str, Any]:
+        """Plain data: the step, the costs, the fleet's figures and one host's (or all)."""
+        return {"step": self.index, "weight": self.weight, "windows": self.windows,
+                "seconds": round(self.seconds, 3), "read_seconds": round(self.read_seconds, 4),
+                "compute_seconds": round(self.compute_seconds, 4), "bytes": self.bytes,
+                "lines": self.lines, "malformed": self.malformed,
+                **self.comparison.as_dict(host)}
+
+
+@dataclass
+class CanaryOutcome:
+    """What a canary run did and where traffic is.
+
+    ``result``: ``deployed`` (promoted), ``unchanged``, ``failed`` (before any
+    traffic moved, or a rollback that itself failed: see ``message``),
+    ``rolled_back``, ``paused`` or ``checked``. ``color`` is the colour marked
+    active (the stable one until promotion); ``step`` the weight held when paused,
+    or reached when rolled back or promoted.
+    """
+
+    result: CanaryResult
+    color: str | None
+    previous: str | None
+    report: RunReport
+    phases: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    steps: list[StepReport] = field(default_factory=list)
+    step: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed: promoted, unchanged, paused or checked."""
+        return self.result in ("deployed", "unchanged", "paused", "checked")
+
+
+class _StepAborted(DeployError):
+    """A step could not be analysed (a read failed): roll back without a verdict."""
+
+
+class _Canary(_Deploy):
+    """One canary run over the web hosts (the blue/green deploy's phases and steps)."""
+
+    def __init__(self, canary: Canary, web: Sequence[Host], db: Host | None, *,
+                 deploy_id: str, check: bool, reporter: Reporter, forks: int,
+                 traffic: Traffic | None = None, pause: bool | int = False) -> None:
+        super().__init__(canary.release, web, db, deploy_id=deploy_id, check=check,
+                         reporter=reporter, forks=forks)
+        if not isinstance(pause, bool) and pause not in canary.steps:
+            raise ConfigError(f"pause={pause!r}: not one of the steps {list(canary.steps)}")
+        self.canary = canary
+        self.traffic = traffic
+        self.pause = pause
+        self.window = LogWindow(canary.log)
+        self.reports: list[StepReport] = []
+        self.action: Callable[[], CanaryOutcome] | None = None
+        self.final: CanaryOutcome | None = None
+
+    # -- the run ------------------------------------------------------------------------
+
+    def execute(self, action: Callable[[], CanaryOutcome]) -> CanaryOutcome:
+        """Run ``action`` over one connection per host (blue/green's :meth:`run` opens and
+        closes them): its outcome, or ``failed`` when a host is unreachable."""
+        self.action = action
+        base = self.run()
+        if self.final is not None:
+            return self.final
+        return CanaryOutcome(base.result, base.color, base.previous, base.report, base.phases,
+                             base.message, self.reports)
+
+    def _run(self, plan: BlueGreen) -> DeployOutcome:
+        """Called by :meth:`run` with every connection open."""
+        assert self.action is not None
+        final = self.final = self.action()
+        return DeployOutcome("deployed" if final.ok else "failed", final.color, final.previous,
+                             final.report, final.phases, final.message)
+
+    def done(self, result: CanaryResult, color: str | None, previous: str | None,
+             message: str, step: int | None = None) -> CanaryOutcome:
+        """The outcome (the report is finished here)."""
+        self.report.finish()
+        return CanaryOutcome(result, color, previous, self.report, self.phases, message,
+                             self.reports, step)
+
+    def inspect(self) -> str | None:
+        """The active (stable) colour, the same on every web host; raises DeployError."""
+        app = self.plan.app
+        actives = {h.name: nginx.active_color(self.conns[h.name], app) for h in self.web}
+        if len(set(actives.values())) > 1:
+            shown = ", ".join(f"{h} {c or 'none'}" for h, c in actives.items())
+            raise DeployError(f"active colours differ across the fleet ({shown}); switch "
+                              "them to one colour first")
+        return next(iter(actives.values()), None)
+
+    def deploy(self) -> CanaryOutcome:
+        """A new canary: prepare it, then the steps (see the module docstring)."""
+        plan, steps = self.plan, self.canary.steps
+        try:
+            stable = self.inspect()
+            live = stable is not None and self._already_live(stable)
+        except DeployError as exc:
+            return self.done("failed", None, None, str(exc))
+        if stable is None:
+            return self.done("failed", None, None,
+                             f"no colour of {plan.app} serves traffic: a canary needs a stable "
+                             "release beside it (deploy the first one with bluegreen.deploy)")
+        if live:
+            part = self.phase("re-assert", self.switch_steps(stable, verify=False), self.web)
+            if part.failed:
+                return self.done("failed", stable, stable,
+                                 "re-asserting the live release failed; see the report")
+            changed = any(r.changed for h in part.hosts.values() for r in h.results)
+            return self.done("deployed" if changed else "unchanged", stable, stable,
+                             f"{plan.release_id} already serves on {stable}"
+                             + ("; traffic re-asserted" if changed else ""))
+        canary = other(stable)
+        if self.check:
+            self.phase("prepare (check)", [access_log(self.canary.log), *self.env_steps(),
+                                           releases.install(plan.app, plan.artifact),
+                                           self.weights(stable, canary, steps[0])], self.web)
+            return self.done("checked", stable, stable,
+                             f"would deploy {plan.release_id} to {canary} and shift traffic "
+                             f"from {stable} in steps of {', '.join(map(str, steps))} %")
+        if self.db is not None and plan.database:
+            if self.phase("database", self.database_steps(), [self.db], undo="host").failed:
+                return self.done("failed", stable, stable,
+                                 "database phase failed; traffic was not moved")
+        if self.phase("prepare", [access_log(self.canary.log),
+                                  *self.prepare_steps(canary, gate=True)], self.web).failed:
+            return self.done("failed", stable, stable,
+                             f"{plan.release_id} failed before taking traffic on {canary}; "
+                             f"traffic stays on {stable}")
+        return self.advance(stable, canary, 0)
+
+    def resume(self, full: bool) -> CanaryOutcome:
+        """Continue a paused canary from the weight on the hosts."""
+        try:
+            stable = self.inspect()
+            if stable is None:
+                raise DeployError(f"no colour of {self.plan.app} serves traffic: no canary "
+                                  "to promote")
+            canary = other(stable)
+            weight = self.current_weight(stable, canary)
+        except DeployError as exc:
+            return self.done("failed", None, None, str(exc))
+        later = [i for i, w in enumerate(self.canary.steps) if w > weight]
+        if full or not later:
+            return self.promote_now(stable, canary)
+        return self.advance(stable, canary, later[0])
+
+    def abort(self) -> CanaryOutcome:
+        """Roll a canary back on the operator's word (the release is not marked failed)."""
+        try:
+            stable = self.inspect()
+            if stable is None:
+                raise DeployError(f"no colour of {self.plan.app} serves traffic: nothing to "
+                                  "abort")
+        except DeployError as exc:
+            return self.done("failed", None, None, str(exc))
+        canary = other(stable)
+        try:
+            weight: int | None = self.current_weight(stable, canary)
+        except DeployError:
+            weight = None
+        return self.roll_back(stable, canary, "aborted by the operator", weight, mark=False)
+
+    # -- steps and analysis -------------------------------------------------------------
+
+    def weights(self, stable: str, canary: str, weight: int) -> Task:
+        """The upstream at ``weight`` % canary (the marker keeps naming ``stable``)."""
+        return nginx.weights(self.plan.app, {stable: 100 - weight, canary: weight},
+                             colors=self.plan.ports, active=stable,
+                             name=f"nginx: {canary} {weight} %, {stable} {100 - weight} %")
+
+    def advance(self, stable: str, canary: str, start: int) -> CanaryOutcome:
+        """Run the steps from ``start``: weights, analysis; roll back, pause or promote."""
+        steps = self.canary.steps
+        for index in range(start, len(steps)):
+            weight = steps[index]
+            label = f"step {index + 1} ({weight} %)"
+            part = self.phase(f"{label}: weights",
+                              [self.weights(stable, canary, weight),
+                               self.window.start_task("canary: start analysis window")],
+                              self.web)
+            if part.failed:
+                return self.roll_back(stable, canary, f"setting the weights failed at "
+                                      f"{weight} % (see the report)", weight, mark=False)
+            try:
+                report = self.analyse(index, weight, stable, canary)
+            except _StepAborted as exc:
+                return self.roll_back(stable, canary, exc.message, weight, mark=False)
+            verdict = report.verdict
+            if verdict.status == "fail":
+                return self.roll_back(stable, canary, f"analysis failed at {weight} %: "
+                                      f"{'; '.join(verdict.reasons)}", weight, mark=True)
+            if verdict.status == "inconclusive":
+                if self.canary.on_inconclusive == "pause":
+                    return self.done("paused", stable, stable,
+                                     f"{self.plan.release_id} held at {weight} %: "
+                                     f"{'; '.join(verdict.reasons)}", weight)
+                return self.roll_back(stable, canary, f"no verdict at {weight} %: "
+                                      f"{'; '.join(verdict.reasons)}", weight, mark=False)
+            hold = index == start if self.pause is True else (
+                self.pause is not False and self.pause == weight)
+            if hold:
+                return self.done("paused", stable, stable,
+                                 f"{self.plan.release_id} passed {weight} % on {canary} and is "
+                                 "held there: promote or abort it", weight)
+        return self.promote_now(stable, canary)
+
+    def wait_window(self) -> None:
+        """Let one window of traffic pass (calling the ``traffic`` hook, if any)."""
+        started = time.monotonic()
+        if self.traffic is not None:
+            self.traffic(self.canary.window)
+        remaining = self.canary.window - (time.monotonic() - started)
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def analyse(self, index: int, weight: int, stable: str, canary: str) -> StepReport:
+        """Windows of traffic until the canary can be judged (or no more extensions)."""
+        sides = {self.canary.address(stable): "stable", self.canary.address(canary): "canary"}
+        started = time.monotonic()
+        bytes_before, malformed_before = self.window.bytes, self.window.malformed
+        read_s = compute_s = 0.0
+        windows = 0
+        while True:
+            windows += 1
+            self.wait_window()
+            t0 = time.monotonic()
+            part = self.phase(f"step {index + 1} ({weight} %): read {windows}",
+                              [self.window.read_task(f"canary: read access log ({weight} %, "
+                                                     f"window {windows})")],
+                              self.web, undo="none")
+            t1 = time.monotonic()
+            read_s += t1 - t0
+            if part.failed:
+                hosts = ", ".join(h for h, r in part.hosts.items() if r.failed)
+                raise _StepAborted(f"reading the access log failed on {hosts} at {weight} % "
+                                   "(see the report): not judged")
+            comparison = compare(self.window.records, sides, self.canary.thresholds,
+                                 upstream=f"{self.plan.app}_upstream")
+            compute_s += time.monotonic() - t1
+            if comparison.verdict.status != "inconclusive" \
+                    or windows > self.canary.max_extensions:
+                break
+        report = StepReport(index + 1, weight, windows, time.monotonic() - started, comparison,
+                            read_s, compute_s, self.window.bytes - bytes_before,
+                            sum(len(r) for r in self.window.records.values()),
+                            self.window.malformed - malformed_before)
+        self.reports.append(report)
+        status = Status.FAILED if comparison.verdict.status == "fail" or (
+            comparison.verdict.status == "inconclusive"
+            and self.canary.on_inconclusive == "rollback") else Status.OK
+        for host in self.web:
+            result = Result(host.name, f"canary: analysis {weight} %", status,
+                            message=report.summary(), duration=report.seconds,
+                            data=report.as_dict(host.name))
+            self.report.add(result)
+            self.reporter.step_finished(result)
+        return report
+
+    def current_weight(self, stable: str, canary: str) -> int:
+        """The canary's weight (%) on the hosts, which must agree and run this release."""
+        app, release_id = self.plan.app, self.plan.release_id
+        upstream_file = nginx.DEFAULT_SETTINGS.upstream_file(app)
+        address = self.canary.address(canary)
+        found: dict[str, int] = {}
+        for host in self.web:
+            conn = self.conns[host.name]
+            live = [i for i in releases.list_releases(conn, app) if canary in i.links]
+            if not live or live[0].release_id != release_id:
+                running = live[0].release_id if live else "nothing"
+                raise DeployError(f"{host.name}: the {canary} colour runs {running}, not "
+                                  f"{release_id}: no canary of it to continue")
+            text = conn.run(["cat", "--", upstream_file], write=False, check=False).stdout
+            try:
+                lines = nginx.parse_upstream(text, app)
+            except DeployError as exc:
+                raise DeployError(f"{host.name}: {upstream_file}: {exc.message}") from None
+            total = 0
+            mine = 0
+            for line in lines:
+                if line.down or line.backup:
+                    continue
+                weight = next((int(p[7:]) for p in line.params
+                               if p.startswith("weight=") and p[7:].isdigit()), 1)
+                total += weight
+                mine += weight if line.address == address else 0
+            if not mine:
+                raise DeployError(f"{host.name}: the upstream sends {canary} nothing: no "
+                                  f"canary of {release_id} in progress")
+            found[host.name] = round(100 * mine / total)
+        if len(set(found.values())) > 1:
+            shown = ", ".join(f"{h} {w} %" for h, w in found.items())
+            raise DeployError(f"canary weights differ across the fleet ({shown}); abort or "
+                              "deploy again")
+        return next(iter(found.values()))
+
+    # -- endings ------------------------------------------------------------------------
+
+    def roll_back(self, stable: str, canary: str, reason: str, weight: int | None, *,
+                  mark: bool) -> CanaryOutcome:
+        """All traffic back to ``stable``, the canary stopped (and its release marked
+        failed when ``mark``)."""
+        plan = self.plan
+        steps: list[Task] = [
+            nginx.switch(plan.app, stable, colors=plan.ports,
+                         name=f"nginx: traffic back to {stable}"),
+            services.service(plan.program(canary), "stopped", name=f"stop {canary}"),
+        ]
+        if mark:
+            steps.append(releases.mark_failed(plan.app, plan.release_id,
+                                              reason=f"canary failed at {weight} %"))
+        part = self.phase("roll back", steps, self.web, undo="none")
+        if part.failed:
+            hosts = ", ".join(h for h, r in part.hosts.items() if r.failed)
+            return self.done("failed", None, stable,
+                             f"ROLLBACK FAILED on {hosts} (see the report) after: {reason}",
+                             weight)
+        return self.done("rolled_back", stable, stable,
+                         f"{plan.release_id} rolled back: {reason}; traffic on {stable}, "
+                         f"{canary} stopped", weight)
+
+    def promote_now(self, stable: str, canary: str) -> CanaryOutcome:
+        """Every step passed: the canary colour becomes the active one."""
+        plan = self.plan
+        if self.phase("promote", [
+            nginx.switch(plan.app, canary, colors=plan.ports,
+                         name=f"nginx: all traffic to {canary}"),
+            releases.switch(plan.app, plan.release_id),
+            releases.cleanup(plan.app, keep=plan.keep_releases),
+        ], self.web).failed:
+            return self.done("failed", None, stable,
+                             f"promoting {plan.release_id} failed (see the report); the "
+                             "upstream keeps the last step's weights")
+        time.sleep(plan.grace_seconds)
+        self.phase("stop old colour", [services.service(plan.program(stable), "stopped",
+                                                        name=f"stop {stable}")], self.web)
+        return self.done("deployed", canary, stable,
+                         f"{plan.release_id} promoted to {canary}; {stable} stopped",
+                         self.canary.steps[-1])
+
+
+def deploy(canary: Canary, web: Sequence[Host], db: Host | None = None, *, deploy_id: str,
+           check: bool = False, pause: bool | int = False, traffic: Traffic | None = None,
+           reporter: Reporter | None = None, forks: int = 10) -> CanaryOutcome:
+    """Deploy ``canary.release`` as a canary on the ``web`` hosts (see the module docstring).
+
+    Args:
+        canary: the release (a :class:`~deploykit.strategies.bluegreen.BlueGreen` plan)
+            and the steps, window and thresholds.
+        web: the web hosts (each with its nginx in front of both colours).
+        db: the database host, for ``release.database``.
+        deploy_id: the run's id in reports.
+        check: only show what would change (nothing is written).
+        pause: hold after the first analysed step (True) or after the step of this
+            weight; continue with :func:`promote`, roll back with :func:`abort`.
+        traffic: called with the window's length at the start of each window.
+        reporter, forks: as for :class:`~deploykit.runner.Runner`.
+
+    Never raises for a failure on the hosts: the :class:`CanaryOutcome` says what
+    happened, where traffic is, and every step's figures.
+    """
+    run = _Canary(canary, web, db, deploy_id=deploy_id, check=check,
+                  reporter=reporter or NullReporter(), forks=forks, traffic=traffic, pause=pause)
+    return run.execute(run.deploy)
+
+
+def promote(canary: Canary, web: Sequence[Host], *, deploy_id: str, full: bool = False,
+            pause: bool | int = False, traffic: Traffic | None = None,
+            reporter: Reporter | None = None, forks: int = 10) -> CanaryOutcome:
+    """Continue a paused canary of ``canary.release``: the steps above the weight the hosts
+    are at, each analysed (``full=True``: promote now, without more analysis).
+
+    ``pause`` holds again (True: after the next step). Fails without changing anything
+    when the hosts hold no canary of this release or disagree on its weight.
+    """
+    run = _Canary(canary, web, None, deploy_id=deploy_id, check=False,
+                  reporter=reporter or NullReporter(), forks=forks, traffic=traffic, pause=pause)
+    return run.execute(lambda: run.resume(full))
+
+
+def abort(canary: Canary, web: Sequence[Host], *, deploy_id: str,
+          reporter: Reporter | None = None, forks: int = 10) -> CanaryOutcome:
+    """Roll a canary of ``canary.release`` back: all traffic to the stable colour, the
+    canary's program stopped; the release is not marked failed. Idempotent."""
+    run = _Canary(canary, web, None, deploy_id=deploy_id, check=False,
+                  reporter=reporter or NullReporter(), forks=forks)
+    return run.execute(run.abort)
