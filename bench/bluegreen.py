@@ -33,7 +33,6 @@ import platform
 import statistics
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,11 @@ from deploykit import artifacts, pg  # noqa: E402
 from deploykit.artifacts import Artifact  # noqa: E402
 from deploykit.connection import Connection  # noqa: E402
 from deploykit.inventory import Host, Inventory  # noqa: E402
-from deploykit.pg import PgSettings  # noqa: E402
 from deploykit.secrets import Secret  # noqa: E402
 from deploykit.strategies import bluegreen  # noqa: E402
 from deploykit.testing.lab import Lab, default_fleet  # noqa: E402
 from deploykit.testing.load import LoadLoop  # noqa: E402
+from deploykit.testing.sample import app_env  # noqa: E402
 
 LAB_NAME, LAB_NETWORK = "dkbg", "198.18.0.64/27"
 APP = "sampleapp"
@@ -57,11 +56,7 @@ APP = "sampleapp"
 
 def env_for(db: Host) -> Secret:
     """The app's shared .env: PostgreSQL and Redis on ``db``."""
-    password = PgSettings.from_host(db).password
-    assert password is not None
-    quoted = urllib.parse.quote(password.reveal(), safe="")
-    return Secret(f"DATABASE_URL=postgresql://postgres:{quoted}@{db.address}:5432/{APP}\n"
-                  f"REDIS_URL=redis://{db.address}:6379/0\n")
+    return app_env(db, APP)
 
 
 def fresh(lab: Lab, db: Host) -> None:

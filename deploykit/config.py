@@ -59,6 +59,7 @@ import yaml
 from deploykit.errors import ConfigError
 from deploykit.inventory import Host
 from deploykit.pg import PgSettings
+from deploykit.pg import url as pg_url
 from deploykit.secrets import Secret
 from deploykit.task import Facts
 from deploykit.tasks.checks import DEFAULT_WEAK_VALUES, ControllerCheck, Verdict
@@ -536,11 +537,7 @@ def database_url(config: DeployConfig, db: Host) -> Secret:
     (the password percent-encoded); a Secret."""
     if not config.database.name:
         raise ConfigError(f"${{database_url}} needs database.name in {config.path.name}")
-    pg = PgSettings.from_host(db)
-    user = urllib.parse.quote(pg.user, safe="")
-    auth = user if pg.password is None else (
-        f"{user}:{urllib.parse.quote(pg.password.reveal(), safe='')}")
-    return Secret(f"postgresql://{auth}@{db.address}:{pg.port}/{config.database.name}")
+    return pg_url(db, config.database.name)
 
 
 def render_env(config: DeployConfig, db: Host | None) -> AppEnv:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,16 @@ class PgSettings:
             server_host=str(v.get("postgres_host", "127.0.0.1")),
             direct=bool(v.get("postgres_direct", False)),
         )
+
+
+def url(host: Host, dbname: str, *, settings: PgSettings | None = None) -> Secret:
+    """``postgresql://user:password@address:port/dbname`` for an app reaching ``host``'s
+    server over the network (the password percent-encoded); a Secret."""
+    s = settings or PgSettings.from_host(host)
+    user = urllib.parse.quote(s.user, safe="")
+    auth = user if s.password is None else (
+        f"{user}:{urllib.parse.quote(s.password.reveal(), safe='')}")
+    return Secret(f"postgresql://{auth}@{host.address}:{s.port}/{dbname}")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ At the end the hosts are reset and the ``sampleapp`` database is dropped.
 from __future__ import annotations
 
 import json
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from deploykit import pg
 from deploykit.artifacts import Artifact, build
 from deploykit.connection import Connection
 from deploykit.inventory import Host, Inventory
-from deploykit.pg import PgSettings
 from deploykit.result import Result
 from deploykit.runner import Runner
 from deploykit.secrets import Secret
@@ -38,6 +36,7 @@ from deploykit.strategies.bluegreen import BlueGreen, DeployOutcome
 from deploykit.tasks import http, releases
 from deploykit.testing.lab import Lab
 from deploykit.testing.load import LoadLoop
+from deploykit.testing.sample import app_env
 
 pytestmark = pytest.mark.lab
 
@@ -127,11 +126,7 @@ def story(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str], Co
                           wheelhouse=project_root / ".cache" / "wheelhouse")
                  for v in VERSIONS}
     db = lab_inventory.host("db-1")
-    password = PgSettings.from_host(db).password
-    assert password is not None
-    quoted = urllib.parse.quote(password.reveal(), safe="")
-    env = Secret(f"DATABASE_URL=postgresql://postgres:{quoted}@{db.address}:5432/{APP}\n"
-                 f"REDIS_URL=redis://{db.address}:6379/0\n")
+    env = app_env(db, APP)
     lab.reset()
     _drop_database(lab_connection)
     try:

@@ -11,7 +11,6 @@ a row (v1 -> v2 promoted, v2 -> v4-slow rolled back, ...).
 from __future__ import annotations
 
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ from deploykit.artifacts import Artifact, build
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError
 from deploykit.inventory import Host, Inventory
-from deploykit.pg import PgSettings
 from deploykit.result import Result
 from deploykit.secrets import Secret
 from deploykit.strategies import bluegreen, canary
@@ -31,6 +29,7 @@ from deploykit.strategies.bluegreen import BlueGreen, other
 from deploykit.task import UndoStack
 from deploykit.tasks import http, nginx, releases, services
 from deploykit.testing.lab import Lab
+from deploykit.testing.sample import app_env
 
 APP = "sampleapp"
 WINDOW = 2.0
@@ -139,11 +138,7 @@ class Fleet:
 def fleet(lab: Lab, lab_inventory: Inventory, built: dict[str, Artifact],
           lab_connection: Callable[[str], Connection]) -> Iterator[Fleet]:
     db = lab_inventory.host("db-1")
-    password = PgSettings.from_host(db).password
-    assert password is not None
-    quoted = urllib.parse.quote(password.reveal(), safe="")
-    env = Secret(f"DATABASE_URL=postgresql://postgres:{quoted}@{db.address}:5432/{APP}\n"
-                 f"REDIS_URL=redis://{db.address}:6379/0\n")
+    env = app_env(db, APP)
     conns: dict[str, Connection] = {}
 
     def connect(name: str) -> Connection:

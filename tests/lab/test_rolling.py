@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,11 @@ from deploykit.artifacts import Artifact, build
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError
 from deploykit.inventory import Host, Inventory
-from deploykit.pg import PgSettings
 from deploykit.secrets import Secret
 from deploykit.strategies import rolling
 from deploykit.tasks import http, nginx, releases, services
 from deploykit.testing.lab import Lab
+from deploykit.testing.sample import app_env
 
 APP = "rollapp"
 DATABASE = "rollapp"
@@ -93,11 +92,7 @@ class Fleet:
 def fleet(lab: Lab, lab_inventory: Inventory, built: dict[str, Artifact],
           lab_connection: Callable[[str], Connection]) -> Iterator[Fleet]:
     db = lab_inventory.host("db-1")
-    password = PgSettings.from_host(db).password
-    assert password is not None
-    quoted = urllib.parse.quote(password.reveal(), safe="")
-    env = Secret(f"DATABASE_URL=postgresql://postgres:{quoted}@{db.address}:5432/{DATABASE}\n"
-                 f"REDIS_URL=redis://{db.address}:6379/0\n")
+    env = app_env(db, DATABASE)
     conns: dict[str, Connection] = {}
 
     def connect(name: str) -> Connection:

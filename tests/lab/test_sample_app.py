@@ -34,6 +34,7 @@ from deploykit.runner import Runner
 from deploykit.secrets import Secret
 from deploykit.task import Task
 from deploykit.tasks import files, releases, services
+from deploykit.testing.sample import app_env
 
 pytestmark = pytest.mark.lab
 
@@ -70,14 +71,9 @@ class Site:
         return f"http://{self.web.address}:{self.port}"
 
     def env(self) -> Secret:
-        password = PgSettings.from_host(self.db).password
-        assert password is not None
-        quoted = urllib.parse.quote(password.reveal(), safe="")
-        return Secret(f"# sampleapp settings (written by the test)\n"
-                      f"DATABASE_URL=postgresql://postgres:{quoted}@{self.db.address}:5432/"
-                      f"{self.dbname}\n"
-                      f"REDIS_URL=redis://{self.db.address}:6379/0\n"
-                      f"PORT={self.port}\n")
+        env = app_env(self.db, self.dbname,
+                      header="# sampleapp settings (written by the test)\n")
+        return Secret(f"{env.reveal()}PORT={self.port}\n")
 
     def steps(self, artifact: Artifact) -> list[Task]:
         """The deploy: shared .env, install, switch, the gunicorn program."""
