@@ -63,6 +63,7 @@ class Handler(BaseHTTPRequestHandler):
     def send(self, status: int, body: bytes | str | dict[str, Any]) -> None:
         data = (json.dumps(body) if isinstance(body, dict) else body)
         raw = data.encode() if isinstance(data, str) else data
+        self.leave()  # before any byte goes out: the client may send its next request at once
         self.send_response(status)
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
@@ -77,11 +78,18 @@ class Handler(BaseHTTPRequestHandler):
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
             srv.hosts.append(self.headers.get("Host", ""))
+        self.counted = True
         try:
             self.answer(url.path, query, count)
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            self.leave()
+
+    def leave(self) -> None:
+        """This request no longer counts as in flight (once, whichever path gets here first)."""
+        if getattr(self, "counted", False):
+            self.counted = False
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def answer(self, path: str, query: dict[str, list[str]], count: int) -> None:
         if path == "/health":
