@@ -105,6 +105,7 @@ __all__ = [
     "check_app",
     "check_color",
     "drain",
+    "maintenance_include",
     "nginx_message",
     "parse_upstream",
     "render_site",
@@ -190,6 +191,11 @@ class NginxSettings:
     def site_link(self, app: str) -> str:
         """The link enabling the site of ``app``."""
         return f"{self.sites_enabled.rstrip('/')}/{app}"
+
+    def maintenance_dir(self, app: str) -> str:
+        """Where :mod:`deploykit.tasks.maintenance` puts ``app``'s maintenance snippet and
+        page; the site includes ``<maintenance_dir>/*.conf`` (nothing when it is empty)."""
+        return f"{self.state_dir.rstrip('/')}/maintenance/{app}"
 
     @property
     def default_site(self) -> str:
@@ -414,11 +420,14 @@ def set_down(text: str, app: str, address: str, down: bool) -> str:
 def render_site(app: str, server_names: Sequence[str], *, listen: Sequence[str],
                 upstream: str, next_upstream: str, next_upstream_tries: int,
                 connect_timeout: str, read_timeout: str,
-                directives: Sequence[str] = ()) -> str:
-    """The text of ``app``'s site: a ``server`` block proxying ``/`` to ``upstream``."""
+                directives: Sequence[str] = (), include: str | None = None) -> str:
+    """The text of ``app``'s site: a ``server`` block proxying ``/`` to ``upstream``;
+    ``include`` (a glob) is included at server level first (the maintenance seam)."""
     out = [HEADER.format(what="nginx.site", app=app), "server {\n"]
     out += [f"    listen {x};\n" for x in listen]
     out.append(f"    server_name {' '.join(server_names)};\n\n")
+    if include is not None:
+        out.append(f"    include {include};\n\n")
     out.append("    location / {\n")
     body = [
         f"proxy_pass http://{upstream}",
@@ -1121,6 +1130,8 @@ def site(app: str, server_name: str | Sequence[str], *,
         name: the step's name in reports (default ``nginx.site <app>``).
 
     Files: ``<sites_available>/<app>`` and the link ``<sites_enabled>/<app>`` to it.
+    The site includes ``<state_dir>/maintenance/<app>/*.conf`` at server level (empty
+    unless :func:`deploykit.tasks.maintenance.maintenance` turned maintenance on).
     Idempotence: ``ok`` when the site's content, the link and (with
     ``disable_default``) the default site's absence are already as wanted.
     Check mode: the unified diff of the site, the link and the removal.
@@ -1154,9 +1165,16 @@ def site(app: str, server_name: str | Sequence[str], *,
     text = render_site(app, names, listen=checked, upstream=target, next_upstream=next_upstream,
                        next_upstream_tries=next_upstream_tries, connect_timeout=connect_timeout,
                        read_timeout=read_timeout,
-                       directives=_check_directives(directives, f"site of {app}"))
+                       directives=_check_directives(directives, f"site of {app}"),
+                       include=maintenance_include(app, settings))
     return SiteTask(app, text, disable_default=disable_default, settings=settings,
                     reload=reload, name=name)
+
+
+def maintenance_include(app: str, settings: NginxSettings | None = None) -> str:
+    """The glob every site includes at server level: ``<state_dir>/maintenance/<app>/*.conf``
+    (nginx accepts a glob that matches nothing: without maintenance it adds nothing)."""
+    return f"{(settings or DEFAULT_SETTINGS).maintenance_dir(check_app(app))}/*.conf"
 
 
 # -- active colour ------------------------------------------------------------------------
