@@ -10,6 +10,8 @@
     invoke flags.list|set|kill   feature flags in Redis
 
 The deploy tasks read deploykit.yml (the sample app on the lab); see README "Deploying".
+Hooks (pre_deploy, post_deploy, ...) are executables in hooks/ beside deploykit.yml, or
+callables registered here: ``@deploykit.hooks.hook("post_deploy")`` (see deploykit/hooks.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from invoke.tasks import task
 from deploykit.cli import reports_errors
 from deploykit.connection import Connection
 from deploykit.flagtasks import flags_collection
+from deploykit.opstasks import add_ops_tasks
 from deploykit.invoke import (
     DeployOptions,
     Output,
@@ -160,5 +163,6 @@ def test(c: Context, args: str = "") -> None:
 
 ns = Collection(demo, test)
 add_tasks(ns)
+add_ops_tasks(ns)
 ns.add_collection(lab_collection, "lab")
 ns.add_collection(flags_collection, "flags")

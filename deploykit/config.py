@@ -13,7 +13,12 @@ history line and message):
 =====================  ===========================================================
 ``${env:NAME}``        the controller's environment variable ``NAME`` (a secret)
 ``${file:PATH}``       the content of a controller-side file, trailing newline
-                       stripped (a secret; PATH relative to deploykit.yml)
+                       stripped (a secret; PATH relative to deploykit.yml); refused
+                       unless the file's mode is 0600 or stricter
+``${cmd:COMMAND}``     the stripped stdout of COMMAND, run without a shell in the
+                       project's directory (a password manager's CLI: ``${cmd:pass
+                       show shop/token}``); a non-zero exit is an error that does not
+                       echo the output (see :mod:`deploykit.secrets`)
 ``${database_url}``    ``postgresql://user:password@db-address:port/<database.name>``
                        built from the db host's inventory vars (``postgres_user``,
                        ``postgres_password`` or ``postgres_password_file``,
@@ -23,6 +28,10 @@ history line and message):
 ``${app}``             the app name
 ``$$``                 a literal ``$``
 =====================  ===========================================================
+
+Inventory values may hold ``${env:..}``, ``${file:..}`` and ``${cmd:..}`` too
+(:func:`deploykit.secrets.resolve_references`). ``invoke config --show`` prints the
+effective configuration with every secret redacted (:func:`effective_config`).
 
 Credentials (``preflight.ci_token``, ``notify.slack_webhook_url``) must be a
 reference; so must every key of ``env`` listed in ``preflight.required_secrets``.
@@ -45,6 +54,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -60,7 +70,7 @@ from deploykit.errors import ConfigError
 from deploykit.inventory import Host
 from deploykit.pg import PgSettings
 from deploykit.pg import url as pg_url
-from deploykit.secrets import Secret
+from deploykit.secrets import REDACTED, LazySecret, Secret, resolve_source
 from deploykit.task import Facts
 from deploykit.tasks.checks import DEFAULT_WEAK_VALUES, ControllerCheck, Verdict
 
@@ -74,6 +84,7 @@ __all__ = [
     "PreflightConfig",
     "RenderedEnvCheck",
     "describe_keys",
+    "effective_config",
     "is_reference",
     "load_config",
     "parse_config",
@@ -161,6 +172,8 @@ SCHEMA: dict[str, Key] = {
     "grace_seconds": Key("number", 2, "seconds before the old colour is stopped"),
     "keep_releases": Key("count", 5, "releases kept per host"),
     "lock_ttl_minutes": Key("number", 60, "a lock older than this is reported as stale"),
+    "hooks_dir": Key("text", "hooks", "executables run at hook points (pre_deploy, ...)"),
+    "hook_timeout": Key("number", 300, "seconds one hook may run before it counts as failed"),
     "database": Key("section", {}, "see database.*"),
     "preflight": Key("section", {}, "see preflight.*"),
     "notify": Key("section", {}, "see notify.*"),
@@ -177,7 +190,8 @@ _KIND_TEXT = {
     "strategy": "bluegreen, rolling or canary", "colors": "{blue: PORT, green: PORT}",
     "command": "a non-empty list of strings", "section": "a mapping",
     "env": "a mapping of NAME: value", "secret": "a ${env:NAME} or ${file:PATH} reference "
-                                                "(secrets never live in deploykit.yml)",
+                                                "(secrets never live in deploykit.yml; "
+                                                "${cmd:COMMAND} works too)",
 }
 
 
@@ -252,10 +266,11 @@ _REF = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
 def is_reference(text: str) -> bool:
-    """True when ``text`` is exactly one ``${env:NAME}`` or ``${file:PATH}`` reference."""
+    """True when ``text`` is exactly one ``${env:NAME}``, ``${file:PATH}`` or
+    ``${cmd:COMMAND}`` reference."""
     match = _REF.fullmatch(text)
-    return bool(match and match.group(1) and re.fullmatch(r"(env:[A-Za-z_]\w*|file:.+)",
-                                                          match.group(1)))
+    return bool(match and match.group(1) and re.fullmatch(
+        r"\s*(env:\s*[A-Za-z_]\w*|file:.+|cmd:.+)\s*", match.group(1)))
 
 
 Lookup = Callable[[str], "str | Secret"]
@@ -277,8 +292,8 @@ def resolve(text: str, lookup: Lookup, where: str) -> tuple[str, list[Secret]]:
             value = lookup(name)
         except KeyError:
             raise ConfigError(f"{where}: unknown reference ${{{name}}} (known: env:NAME, "
-                              f"file:PATH, database_url, redis_url, db.address, db.VAR, "
-                              f"app)") from None
+                              f"file:PATH, cmd:COMMAND, database_url, redis_url, db.address, "
+                              f"db.VAR, app)") from None
         if isinstance(value, Secret):
             used.append(value)
             return value.reveal()
@@ -290,21 +305,9 @@ def resolve(text: str, lookup: Lookup, where: str) -> tuple[str, list[Secret]]:
 
 
 def _controller_secret(name: str, base: Path, where: str) -> Secret:
-    """``env:NAME`` or ``file:PATH`` as a Secret; KeyError for any other name."""
-    kind, _, rest = name.partition(":")
-    if kind == "env" and rest:
-        value = os.environ.get(rest)
-        if not value:
-            raise ConfigError(f"{where}: environment variable {rest} is not set (or empty)")
-        return Secret(value)
-    if kind == "file" and rest:
-        path = (base / rest).expanduser()
-        try:
-            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {path}: "
-                              f"{exc.strerror}") from None
-    raise KeyError(name)
+    """``env:NAME``, ``file:PATH`` or ``cmd:COMMAND`` as a Secret (see
+    :func:`deploykit.secrets.resolve_source`); KeyError for any other name."""
+    return Secret(resolve_source(name, base, where))
 
 
 # -- the configuration ----------------------------------------------------------------------
@@ -376,6 +379,8 @@ class DeployConfig:
     grace_seconds: float
     keep_releases: int
     lock_ttl_minutes: float
+    hooks_dir: Path | None = None
+    hook_timeout: float = 300.0
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
@@ -450,6 +455,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
         grace_seconds=float(values["grace_seconds"]),
         keep_releases=int(values["keep_releases"]),
         lock_ttl_minutes=float(values["lock_ttl_minutes"]),
+        hooks_dir=(base / values["hooks_dir"]).resolve(),
+        hook_timeout=float(values["hook_timeout"]),
         database=DatabaseConfig(**sections["database"]),
         preflight=PreflightConfig(**{**pre, "min_disk_mb": int(pre["min_disk_mb"])}),
         notify=NotifyConfig(**{**sections["notify"],
@@ -494,6 +501,83 @@ def _describe(key: str, spec: Key) -> str:
     if len(shown) > 30:
         shown = shown[:27] + "...'"
     return f"{key:30} {shown:32} {spec.doc}"
+
+
+# -- the effective configuration, redacted --------------------------------------------------
+
+
+def _shown(value: Any, where: str, problems: list[str]) -> Any:
+    """A value for people: a secret as ``********`` (with its source when it has one),
+    after checking that it resolves (a problem is recorded, never raised)."""
+    if isinstance(value, Secret):
+        source = f" ({value.source})" if isinstance(value, LazySecret) else ""
+        try:
+            value.reveal()
+        except ConfigError as exc:
+            problems.append(exc.message)
+            return f"MISSING{source}"
+        return f"{REDACTED}{source}"
+    if isinstance(value, Mapping):
+        return {str(k): _shown(v, f"{where}.{k}", problems) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def effective_config(config: DeployConfig, db: Host | None,
+                     hosts: Sequence[Host] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The configuration in effect (defaults filled in, references resolved) with every
+    secret redacted, for ``invoke config --show``; and the problems found (a reference
+    that does not resolve: each names its key and source). Never raises for those.
+
+    ``env`` values that use a secret show as ``******** (${env:NAME})``; credentials
+    likewise; ``hosts`` (the inventory's) show their settings and vars, a password or a
+    var with a source reference redacted.
+    """
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    name = config.path.name
+    for key in SCHEMA:
+        value = getattr(config, key)
+        if key == "env":
+            env: dict[str, Any] = {}
+            for k, raw in value.items():
+                where = f"{name}: env.{k}"
+                try:
+                    text, used = resolve(raw, _db_lookup(config, db, where), where)
+                except ConfigError as exc:
+                    problems.append(exc.message)
+                    env[k] = f"MISSING ({raw})"
+                    continue
+                env[k] = f"{REDACTED} ({raw})" if used else text
+            data[key] = env
+        elif key in SECTIONS:
+            section = dataclasses.asdict(value)
+            for k, spec in SECTIONS[key].items():
+                raw = section.get(k)
+                if isinstance(raw, str) and "${" in raw:
+                    try:
+                        resolve_secret(raw, config.root, f"{name}: {key}.{k}").reveal()
+                        section[k] = f"{REDACTED} ({raw})"
+                    except ConfigError as exc:
+                        problems.append(exc.message)
+                        section[k] = f"MISSING ({raw})"
+                elif spec.kind.startswith("secret") and raw is not None:
+                    section[k] = REDACTED
+            data[key] = section
+        else:
+            data[key] = _shown(value, key, problems)
+    for h in hosts:
+        entry: dict[str, Any] = {"address": h.address, "port": h.port, "user": h.user,
+                                 "groups": list(h.groups)}
+        if h.password is not None:
+            entry["password"] = _shown(h.password, f"{h.name}.password", problems)
+        if h.vars:
+            entry["vars"] = _shown(dict(h.vars), f"{h.name}.vars", problems)
+        data.setdefault("hosts", {})[h.name] = entry
+    return data, problems
 
 
 # -- the app's .env ------------------------------------------------------------------------

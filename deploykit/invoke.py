@@ -51,6 +51,7 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 import psycopg
+import yaml
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -59,13 +60,21 @@ from invoke.tasks import task
 from rich.console import Console
 from rich.table import Table
 
-from deploykit import artifacts, journal, pg
+from deploykit import artifacts, journal, pg, retry
 from deploykit.artifacts import Artifact
 from deploykit.cli import reports_errors
-from deploykit.config import AppEnv, DeployConfig, RenderedEnvCheck, describe_keys, load_config
+from deploykit.config import (
+    AppEnv,
+    DeployConfig,
+    RenderedEnvCheck,
+    describe_keys,
+    effective_config,
+    load_config,
+)
 from deploykit.config import render_env as _render_env
 from deploykit.connection import Connection, connect_all
 from deploykit.errors import ConfigError, ConnectError, DeployError, LockHeldError, TaskError
+from deploykit.hooks import HookContext, HookError, Hooks, after_points
 from deploykit.inventory import Host, Inventory
 from deploykit.pg import PgSettings
 from deploykit.result import Result, RunReport, Status
@@ -76,6 +85,7 @@ from deploykit.strategies.bluegreen import BlueGreen
 from deploykit.task import Task
 from deploykit.tasks import checks, http, migrations, nginx, notify, postgres, releases, services
 from deploykit.tasks.checks import CONTROLLER, PreflightReport
+from deploykit.tasks.maintenance import maintenance_status
 from deploykit.tasks.releases import AppReleases, ReleaseInfo
 
 __all__ = [
@@ -97,6 +107,10 @@ log = logging.getLogger("deploykit.invoke")
 
 CONFIG_ENV = "DEPLOYKIT_CONFIG"
 """Environment variable naming the deploykit.yml to use (default: ./deploykit.yml)."""
+LOG_LEVEL_ENV = "DEPLOYKIT_LOG_LEVEL"
+"""``debug`` shows every log record (every remote command) on stderr and in the run log."""
+_LOGGED_SECRETS: set[Secret] = set()
+"""Every secret an :class:`Output` knows: redacted from log lines on stderr too."""
 STRATEGIES = ("bluegreen", "rolling", "canary")
 EXIT_ABORTED = 130
 _T = TypeVar("_T")
@@ -117,10 +131,12 @@ class Output:
                                           width=None if sys.stdout.isatty() else 120)
         self.secrets: list[Secret] = list(secrets)
         self._lock = threading.Lock()
+        _LOGGED_SECRETS.update(self.secrets)
 
     def add_secrets(self, secrets: Sequence[Secret]) -> None:
         """Redact these values too from now on."""
         self.secrets.extend(secrets)
+        _LOGGED_SECRETS.update(secrets)
 
     def line(self, text: str = "", style: str | None = None) -> None:
         """Print one line (redacted), and log it."""
@@ -208,12 +224,16 @@ class StopSignals:
 # == showing runs =============================================================================
 
 
+SWITCH_PHASE = "switch traffic and verify it"
+"""The blue/green phase that moves traffic (pre_switch and post_switch hooks run around it)."""
+
+
 def _phase_title(steps: Sequence[str]) -> str:
     """A name for a blue/green phase from its step names (presentation only)."""
     text = " | ".join(steps)
     for needle, title in (("postgres.database", "database: create, check, migrate"),
                           ("health gate:", "prepare the idle colour"),
-                          ("verify:", "switch traffic and verify it"),
+                          ("verify:", SWITCH_PHASE),
                           ("releases.cleanup", "finish: current release, old releases pruned"),
                           ("releases.mark", "mark the release failed, stop its colour"),
                           ("nginx: traffic to", "re-assert the live colour"),
@@ -237,6 +257,9 @@ class PhaseReporter:
         self.phase = ""
         self._width = 6
         self._check = False
+        self.on_phase: Callable[[str, str, RunReport | None], None] | None = None
+        """Called with ``("start", title, None)`` as a phase starts and ``("end", title,
+        report)`` as it ends (hooks at the switch); may raise to stop the run."""
 
     def run_started(self, hosts: Sequence[str], steps: Sequence[str], check: bool) -> None:
         """Stop here when asked to (a phase boundary); else print the phase's title."""
@@ -247,6 +270,8 @@ class PhaseReporter:
         self._check = check
         self._width = max([len(h) for h in hosts] + [6])
         self.out.line(f"-- {self.phase} ({', '.join(hosts)})", style="bold")
+        if self.on_phase is not None:
+            self.on_phase("start", self.phase, None)
 
     def step_started(self, host: str, step: str) -> None:
         """Stop here after a second interrupt."""
@@ -276,6 +301,8 @@ class PhaseReporter:
                 self.out.line(f"   {name:<{self._width}}  undone   {item}", style="yellow")
             for item in host.undo_failed:
                 self.out.line(f"   {name:<{self._width}}  NOT undone  {item}", style="bold red")
+        if self.on_phase is not None:
+            self.on_phase("end", self.phase, report)
 
 
 # == the project ==============================================================================
@@ -400,14 +427,18 @@ class Project:
 
 
 @contextmanager
-def connected(hosts: Sequence[Host], secrets: Sequence[Secret] = ()) -> Iterator[
-        dict[str, Connection]]:
+def connected(hosts: Sequence[Host], secrets: Sequence[Secret] = (),
+              report: RunReport | None = None) -> Iterator[dict[str, Connection]]:
     """One open connection per host (in parallel), closed at the end; a host that cannot
-    be reached is a :class:`ConnectError` naming every such host."""
+    be reached is a :class:`ConnectError` naming every such host (each marked
+    unreachable in ``report``, when given)."""
     opened = connect_all(hosts)
     conns = {n: c for n, c in opened.items() if isinstance(c, Connection)}
     try:
         failed = [f"{n}: {e}" for n, e in opened.items() if isinstance(e, ConnectError)]
+        for n, e in opened.items():
+            if report is not None and isinstance(e, ConnectError):
+                report.mark_unreachable(n, str(e))
         if failed:
             raise ConnectError("cannot reach " + "; ".join(failed))
         for conn in conns.values():
@@ -650,6 +681,8 @@ class DeployOptions:
     skip_checks: Sequence[str] = ()
     break_lock: bool = False
     json_path: str | None = None
+    lock_wait: float = 0.0
+    """Seconds to wait for a held lock (0: fail at once)."""
 
 
 @dataclass
@@ -713,6 +746,68 @@ class _Run:
         self.signals = StopSignals()
         self.reporter = PhaseReporter(out, self.signals)
         self.notes: list[str] = []
+        self.version: str | None = None
+        cfg = project.config
+        self.hooks = Hooks(cfg.hooks_dir, cfg.root, cfg.hook_timeout, echo=out.line,
+                           secrets=self.secrets, record=self.report.add,
+                           enabled=kind in ("deploy", "rollback") and not check)
+        self.reporter.on_phase = self._at_phase
+        if self.deploy_id == journal.outer_deploy_id():  # started by a hook, same second
+            self.deploy_id += "-nested"
+            self.files = journal.run_files(self.deploy_id, project.config.runs)
+            self.report.run_id = self.deploy_id
+
+    def hook(self, point: str, summary: DeploySummary | None = None) -> list[Result]:
+        """Run the hooks of ``point`` with this run's context (see :mod:`deploykit.hooks`)."""
+        return self.hooks.run(HookContext(
+            point, self.deploy_id, self.project.app, kind=self.kind, version=self.version,
+            hosts=tuple(h.name for h in self.project.web),
+            result=summary.result if summary else None,
+            message=redact(summary.message, self.secrets) if summary else "",
+            config=self.project.config.path))
+
+    def _at_phase(self, event: str, title: str, report: RunReport | None) -> None:
+        if title != SWITCH_PHASE or self.signals.cleaning:
+            return
+        if event == "start":
+            self.hook("pre_switch")
+        elif report is not None and not report.failed:
+            self.hook("post_switch")
+
+    def after_hooks(self, summary: DeploySummary) -> None:
+        """post_deploy, on_failure, on_rollback as they apply (the lock still held); a
+        failing one is a note, never the run's outcome."""
+        for point in after_points(self.kind, summary.result):
+            try:
+                failed = [r for r in self.hook(point, summary) if r.failed]
+            except DeployError as exc:  # a hook file that cannot run
+                failed = [Result(CONTROLLER, f"hook {point}", Status.FAILED, message=str(exc))]
+            if failed:
+                self.notes.append(f"hook {point} failed: {failed[0].message.splitlines()[0]}")
+
+    def lock_options(self, wait: float) -> dict[str, Any]:
+        """``wait``/``on_wait`` for :func:`journal.fleet_lock` (``--lock-wait``)."""
+        if not wait:
+            return {}
+        return {"wait": wait, "on_wait": retry.LockWaitReporter(
+            wait, self.out.line, self.signals.checkpoint)}
+
+    @contextmanager
+    def connect(self, hosts: Sequence[Host], failed: DeploySummary,
+                json_path: str | None = None) -> Iterator[dict[str, Connection]]:
+        """pre_connect hooks, then :func:`connected`; when either fails, the run report
+        says so (``failed``, unreachable hosts marked) before the error goes on."""
+        entered = False
+        try:
+            self.hook("pre_connect")
+            with connected(hosts, self.secrets, report=self.report) as conns:
+                entered = True
+                yield conns
+        except (ConnectError, HookError) as exc:
+            if not entered:
+                failed.message = f"{exc}; nothing was changed"
+                self.finish(failed, json_path)
+            raise
 
     def runner(self, steps: Sequence[Task | Step], title: str, **options: Any) -> Runner:
         """A runner for one phase of ours, titled ``title``."""
@@ -826,13 +921,16 @@ def deploy(project: Project, options: DeployOptions, out: Output | None = None
     check_skips(preflight_checks(project), options.skip_checks)
     artifact = ensure_artifact(cfg, version, out)
     run = _Run(project, out, "deploy", check=options.check)
+    run.version = version
+    run.hooks.check()
     names = [h.name for h in project.web]
     out.line(f"deploy {run.deploy_id}: {cfg.app} {version} to {', '.join(names)}"
              + (f" (database {project.database} on {project.db.name})"
                 if project.db is not None and project.database else "")
              + (" -- check mode: nothing will change" if options.check else ""))
-    with journal.RunLog(run.files.log, secrets=run.secrets), run.signals, \
-            connected(project.hosts, run.secrets) as conns:
+    with journal.RunLog(run.files.log, secrets=run.secrets), run.signals, run.connect(
+            project.hosts, DeploySummary(run.deploy_id, "deploy", "failed", version, "",
+                                         hosts=names), options.json_path) as conns:
         out.title("pre-flight checks")
         pre = preflight(project, conns, skip=options.skip_checks)
         for r in pre.results:
@@ -877,7 +975,8 @@ def _deploy_locked(run: _Run, conns: Mapping[str, Connection], before: Mapping[s
     out.title("lock")
     with journal.fleet_lock(lock_conns, cfg.app, run.deploy_id, ttl=cfg.lock_ttl,
                             break_lock=options.break_lock, version_from=version_from,
-                            version_to=version, strategy=strategy) as lock:
+                            version_to=version, strategy=strategy,
+                            **run.lock_options(options.lock_wait)) as lock:
         for broken in lock.broken:
             out.line(f"   broke a stale lock: {broken.describe()}", style="yellow")
             run.notes.append(f"broke a stale lock: {broken.describe()}")
@@ -886,6 +985,7 @@ def _deploy_locked(run: _Run, conns: Mapping[str, Connection], before: Mapping[s
             "start", run.deploy_id, cfg.app, version=version, hosts=names,
             who=lock.holder.who))
         try:
+            run.hook("pre_deploy")
             out.title("backup")
             _backup(run, conns)
             run.signals.checkpoint()
@@ -899,9 +999,14 @@ def _deploy_locked(run: _Run, conns: Mapping[str, Connection], before: Mapping[s
         except KeyboardInterrupt as exc:
             summary.result = "aborted"
             summary.message = _abort(run, conns, before, exc)
+        except HookError as exc:  # pre_deploy: nothing changed; pre_switch: idle colour ready
+            summary.message = exc.describe(restore_traffic(run, conns, before)
+                                           if exc.point == "pre_switch" else
+                                           "nothing was changed")
         except DeployError as exc:
             summary.message = f"{exc}; traffic was not moved"
         finally:
+            run.after_hooks(summary)
             lock.end(JOURNAL_RESULT[summary.result], steps=run.report,
                      message=_journal_message(summary, run.notes), version_to=version)
     out.line(f"   lock released on {', '.join(lock.hosts)}"
@@ -1041,15 +1146,18 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
         raise ConfigError(f"--db and --migrations need database.name and a db host in "
                           f"{cfg.path.name}")
     run = _Run(project, out, "rollback")
+    run.hooks.check()
     names = [h.name for h in project.web]
-    with journal.RunLog(run.files.log, secrets=run.secrets), run.signals, \
-            connected(project.hosts, run.secrets) as conns:
+    with journal.RunLog(run.files.log, secrets=run.secrets), run.signals, run.connect(
+            project.hosts, DeploySummary(run.deploy_id, "rollback", "failed", None, "",
+                                         hosts=names), json_path) as conns:
         views = fleet_views(conns, project.web, cfg.app)
         live = {v.version for v in views.values()}
         left = next(iter(live)) if len(live) == 1 else None
         target = _rollback_target(cfg.app, views, to) if app else None
         backup = _last_backup(project, conns[project.db.name]) if db and project.db else None
         version_to = target.version if target is not None else left
+        run.version = version_to
         parts = [f"app {left} -> {target.version}" if target is not None else "",
                  f"the newest {migrations_steps} migration(s)" if migrations_steps else "",
                  f"database from {backup[0]}" if backup else ""]
@@ -1073,6 +1181,7 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
             except DeployError as exc:
                 summary.message = str(exc)
             finally:
+                run.after_hooks(summary)
                 lock.end(JOURNAL_RESULT[summary.result], steps=run.report,
                          message=_journal_message(
                     summary, run.notes), version_to=version_to)
@@ -1182,6 +1291,7 @@ class HostStatus:
     version: str | None = None
     current: str | None = None
     services: dict[str, str] = field(default_factory=dict)
+    maintenance: bool | None = None  # None: not a web host, or unknown
     lock: str | None = None
     last: journal.DeployRecord | None = None
     error: str | None = None
@@ -1209,6 +1319,7 @@ def _host_status(project: Project, conn: Connection) -> HostStatus:
             for color in cfg.ports:
                 program = f"{cfg.app}-{color}"
                 status.services[program] = services.status(conn, program).state
+            status.maintenance = maintenance_status(conn, cfg.app).on
         info = journal.lock_status(conn, cfg.app, ttl=cfg.lock_ttl)
         status.lock = info.describe() if info is not None else None
         records = journal.summarize_history(journal.history(conn, cfg.app, limit=40))
@@ -1243,12 +1354,12 @@ def history_records(project: Project, limit: int = 20) -> list[dict[str, Any]]:
             row["duration"] = max(row["duration"] or 0, rec.duration or 0) or None
             row["message"] = row["message"] or rec.message
         for e in entries:
-            if e.event in ("lock", "unlock", "lock_broken"):
+            if e.event in ("lock", "unlock", "lock_broken", "maintenance", "prune"):
                 row = merged.setdefault((e.id, e.event), {
                     "id": e.id, "kind": e.event, "who": e.who, "started": e.time,
                     "version_from": {}, "version_to": None, "strategy": None, "results": {},
                     "duration": None, "message": e.message})
-                row["results"][e.host] = e.event
+                row["results"][e.host] = e.result or e.event
     rows = sorted(merged.values(), key=lambda r: (r["started"], r["id"]))
     for row in rows:
         results = set(row["results"].values())
@@ -1446,18 +1557,24 @@ def _project(c: Context, host: str | None = None, group: str | None = None) -> P
 
 
 class _Warnings(logging.Handler):
-    """deploykit's warnings on stderr as ``warning: ...`` (not this module's own lines)."""
+    """deploykit's warnings (with ``$DEPLOYKIT_LOG_LEVEL=debug``: every record) on stderr
+    as ``warning: ...``/``debug: ...``, secrets redacted (not this module's own lines)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name != log.name:
-            sys.stderr.write(f"warning: {record.getMessage()}\n")
+            label = "warning" if record.levelno >= logging.WARNING else \
+                record.levelname.lower()
+            text = redact(record.getMessage(), _LOGGED_SECRETS)
+            sys.stderr.write(f"{label}: {text}\n")
 
 
 def _cli_logging() -> None:
     root = logging.getLogger("deploykit")
+    level = journal.log_level()
     if not any(isinstance(h, _Warnings) for h in root.handlers):
-        handler = _Warnings(logging.WARNING)
-        root.addHandler(handler)
+        root.addHandler(_Warnings(min(level, logging.WARNING)))
+    if level < logging.WARNING:
+        root.setLevel(level)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -1480,14 +1597,21 @@ def _confirm(question: str, yes: bool) -> None:
     "yes": "do not ask for confirmation",
     "json": "also write the run report (JSON) to this path",
     "skip_check": "skip this pre-flight check (repeatable); recorded in the report",
-    "break_lock": "break a STALE lock (older than lock_ttl_minutes) first; recorded"})
+    "break_lock": "break a STALE lock (older than lock_ttl_minutes) first; recorded",
+    "lock_wait": "wait this long for a held lock (90s, 5m, 1h) instead of failing",
+    "retry_failed": "re-run the last deploy on the hosts that failed or were unreachable "
+                    "(from its run report in .deploykit/runs/)"})
 @reports_errors
 def deploy_task(c: Context, host: str | None = None, group: str | None = None,
                 version: str | None = None, strategy: str | None = None, check: bool = False,
                 yes: bool = False, json: str | None = None, skip_check: list[str] | None = None,
-                break_lock: bool = False) -> None:
+                break_lock: bool = False, lock_wait: str | None = None,
+                retry_failed: bool = False) -> None:
     """Deploy a version: pre-flight, lock, backup, blue/green, journal, notify."""
     project = _project(c, host, group)
+    wait = retry.parse_duration(lock_wait)
+    if retry_failed:
+        project, version = _retry_project(c, project, host, group, version)
     wanted = version or project.config.version
     if not wanted:
         raise ConfigError(f"no version to deploy: pass --version or set version in "
@@ -1498,9 +1622,23 @@ def deploy_task(c: Context, host: str | None = None, group: str | None = None,
     out = Output()
     summary = deploy(project, DeployOptions(version=version, strategy=strategy, check=check,
                                             skip_checks=skip_check or (),
-                                            break_lock=break_lock, json_path=json), out)
+                                            break_lock=break_lock, json_path=json,
+                                            lock_wait=wait), out)
     show_summary(out, summary)
     _exit_for(summary)
+
+
+def _retry_project(c: Context, project: Project, host: str | None, group: str | None,
+                   version: str | None) -> tuple[Project, str | None]:
+    """``--retry-failed``: the project narrowed to the last deploy's failed hosts, and
+    that deploy's version (unless ``version`` is given)."""
+    if host or group:
+        raise ConfigError("--retry-failed picks the hosts itself: drop --host/--group")
+    plan = retry.retry_plan(project.config.runs, [h.name for h in project.web],
+                            project.db.name if project.db else None)
+    for name, why in plan.reasons.items():
+        print(f"retry of deploy {plan.deploy_id}: {name} {why}")
+    return _project(c, ",".join(plan.hosts)), version or plan.version
 
 
 @task(name="rollback", help={
@@ -1541,7 +1679,8 @@ def status_task(c: Context, json: str | None = None) -> None:
 def show_status(out: Output, rows: Sequence[HostStatus]) -> None:
     """The status as a table."""
     table = Table(title="deploykit status", title_justify="left")
-    for column in ("host", "colour", "serves", "current", "programs", "lock", "last deploy"):
+    for column in ("host", "colour", "serves", "current", "programs", "maintenance", "lock",
+                   "last deploy"):
         table.add_column(column)
     for r in rows:
         programs = ", ".join(f"{p.rsplit('-', 1)[-1]} {s.lower()}" for p, s in r.services.items())
@@ -1551,7 +1690,9 @@ def show_status(out: Output, rows: Sequence[HostStatus]) -> None:
             result = (r.last.result or "RUNNING or CRASHED").replace("_", " ")
             last = f"{r.last.kind} {change} {result} ({r.last.id})"
         table.add_row(r.name, r.color or "-", r.version or "-", r.current or "-",
-                      programs or "-", r.lock or ("ERROR " + r.error if r.error else "free"),
+                      programs or "-",
+                      "ON" if r.maintenance else ("off" if r.maintenance is False else "-"),
+                      r.lock or ("ERROR " + r.error if r.error else "free"),
                       last)
     out.table(table)
 
@@ -1639,10 +1780,22 @@ def unlock_task(c: Context, force: bool = False) -> None:
     release_locks(project, Output(secrets=project.known_secrets()), force=force)
 
 
-@task(name="config")
+@task(name="config", help={"show": "print the effective configuration (defaults filled in, "
+                                    "references resolved, secrets redacted) and the "
+                                    "inventory's hosts; non-zero when a secret is missing"})
 @reports_errors
-def config_task(c: Context) -> None:
+def config_task(c: Context, show: bool = False) -> None:
     """Every deploykit.yml key with its default and meaning, then this project's values."""
+    if show:
+        project = _project(c)
+        data, problems = effective_config(project.config, project.db,
+                                          list(project.inventory.hosts.values()))
+        print(f"# {project.config.path} (effective; secrets redacted)")
+        print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+        if problems:
+            raise ConfigError(f"{len(problems)} secret(s) cannot be resolved: "
+                              + "; ".join(problems))
+        return
     print(f"deploykit.yml keys (file: {config_path(c)}; ${CONFIG_ENV} names another):\n")
     print(describe_keys())
     path = config_path(c)

@@ -21,6 +21,15 @@ success, on an exception and on Ctrl-C. A lock older than its TTL is *stale*: it
 (with its age), never broken silently; ``break_lock=True`` breaks a stale lock
 and :func:`unlock` (``force=True``) breaks any, both recorded in the history.
 
+**Re-entrance.** A run started from inside another (a hook running ``invoke
+rollback``, say) finds the lock held by the outer deploy and would wait for
+itself. The outer deploy passes its id to its children as ``$DEPLOYKIT_DEPLOY_ID``
+(:data:`DEPLOY_ID_ENV`); a lock held by that deploy id, by the same user on the
+same controller, is then taken as *nested*: the child writes its own start and
+end entries but leaves the lock to its owner. **Waiting.** With ``wait``,
+:func:`fleet_lock` polls a held lock until it is free or ``wait`` seconds have
+passed (``invoke deploy --lock-wait 5m``), telling ``on_wait`` at every poll.
+
 **History.** ``/var/lib/deploykit/<app>/history.jsonl`` on every target host,
 one JSON object per line. A deploy writes a ``start`` entry in the same round
 trip as its lock and an ``end`` entry (result ``succeeded``, ``failed``,
@@ -70,6 +79,7 @@ from deploykit.shell import quote
 
 __all__ = [
     "DEFAULT_LOCK_TTL",
+    "DEPLOY_ID_ENV",
     "RESULTS",
     "RUNS_DIR",
     "STATE_ROOT",
@@ -86,7 +96,9 @@ __all__ = [
     "fleet_lock",
     "history",
     "lock_status",
+    "log_level",
     "new_deploy_id",
+    "outer_deploy_id",
     "parse_history",
     "release_lock",
     "run_files",
@@ -105,6 +117,8 @@ RUNS_DIR = Path(".deploykit/runs")
 """Where run reports and run logs go on the controller (relative to the working dir)."""
 DEFAULT_LOCK_TTL = 3600.0
 """Seconds after which a lock counts as stale. Keep it above your longest deploy."""
+DEPLOY_ID_ENV = "DEPLOYKIT_DEPLOY_ID"
+"""Set by a deploy for the processes it starts (hooks): the lock is re-entrant for it."""
 RESULTS = ("succeeded", "failed", "rolled_back", "aborted")
 """The results an ``end`` history entry may carry."""
 DeployResult = Literal["succeeded", "failed", "rolled_back", "aborted"]
@@ -136,6 +150,12 @@ def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | Non
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{stamp}-{sha if re.fullmatch(r'[0-9a-f]{4,40}', sha) else 'nogit'}"
+
+
+def outer_deploy_id() -> str | None:
+    """The deploy this process runs inside of (``$DEPLOYKIT_DEPLOY_ID``), if any."""
+    value = os.environ.get(DEPLOY_ID_ENV, "").strip()
+    return value if value and _DEPLOY_ID.match(value) else None
 
 
 def _now_iso() -> str:
@@ -583,11 +603,14 @@ class LockAttempt:
     """The current holder, when not acquired."""
     broken: LockInfo | None = None
     """The stale lock broken before acquiring (``break_lock=True``)."""
+    nested: bool = False
+    """Acquired inside the run that holds the lock (re-entrance): not ours to release."""
 
 
 def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
                  ttl: float = DEFAULT_LOCK_TTL, break_lock: bool = False,
-                 entries: Sequence[HistoryEntry] = ()) -> LockAttempt:
+                 entries: Sequence[HistoryEntry] = (),
+                 reentrant: Iterable[str] = ()) -> LockAttempt:
     """Try to take the lock on one host, in one round trip; never waits for it.
 
     Returns whether it was acquired, else the :class:`LockInfo` of the holder.
@@ -596,8 +619,13 @@ def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
     ``ttl``) is broken first, and a ``lock_broken`` entry naming the old holder
     is written before ``entries`` (a second round trip, only then). Raises
     :class:`TaskError` when the host cannot keep a lock (no room, no flock).
+
+    ``reentrant``: deploy ids whose lock counts as ours when held by the same user
+    on the same controller (the deploy this run was started from): the attempt is
+    then ``acquired`` and ``nested``, and ``entries`` are appended (a second round trip).
     """
     lines = _payload(conn, entries)
+    outer = set(reentrant)
     out = conn.run(_acquire_script(app, ttl, break_lock, len(lines)),
                    stdin=holder.to_json().encode() + b"\n" + lines,
                    timeout=_COMMAND_TIMEOUT, task="lock").stdout
@@ -614,7 +642,15 @@ def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
                                            *entries])
             return LockAttempt(conn.name, True, broken=broken)
         elif word == "held":
-            return LockAttempt(conn.name, False, held_by=_parse_lock_line(conn.name, rest, ttl))
+            info = _parse_lock_line(conn.name, rest, ttl)
+            h = info.holder
+            if h is not None and h.deploy_id in outer and (h.user, h.controller) == (
+                    holder.user, holder.controller):
+                append_history(conn, app, entries)
+                log.info("%s: %s lock held by deploy %s, which this run is part of",
+                         conn.name, app, h.deploy_id)
+                return LockAttempt(conn.name, True, held_by=info, nested=True)
+            return LockAttempt(conn.name, False, held_by=info)
         elif word == "error":
             raise TaskError(f"cannot take the deploy lock under {state_dir(app)}: {rest}",
                             host=conn.name, task="lock")
@@ -749,6 +785,8 @@ class FleetLock:
         """Stale locks this deploy broke (``break_lock=True``)."""
         self.release_errors: dict[str, str] = {}
         """Hosts whose lock could not be released, and why (after the ``with`` block)."""
+        self.nested: set[str] = set()
+        """Hosts where the lock belongs to the deploy this one runs inside of (left held)."""
         self._end: dict[str, Any] | None = None
         self._released = False
 
@@ -820,6 +858,9 @@ class FleetLock:
 
         def one(conn: Connection) -> None:
             try:
+                if conn.name in self.nested:  # the outer deploy releases it
+                    append_history(conn, self.app, [self._end_entry(conn.name, exc)])
+                    return
                 state = release_lock(conn, self.app, self.holder,
                                      entries=[self._end_entry(conn.name, exc)])
                 if state == "foreign":
@@ -867,6 +908,10 @@ def fleet_lock(
     version_to: str | None = None,
     strategy: str | None = None,
     forks: int = 10,
+    wait: float = 0.0,
+    on_wait: Callable[[LockHeldError, float], None] | None = None,
+    poll: float = 2.0,
+    outer: str | None = None,
 ) -> Iterator[FleetLock]:
     """Hold the deploy lock of ``app`` on every host for the ``with`` block.
 
@@ -878,6 +923,13 @@ def fleet_lock(
     for 3 min``). A stale lock (older than ``ttl`` seconds, by
     the host's clock) is reported as STALE and broken only with
     ``break_lock=True``, which records a ``lock_broken`` history entry.
+
+    With ``wait`` (seconds), a held lock is polled every ``poll`` seconds until it
+    is free or ``wait`` has passed (then :class:`LockHeldError`, saying how long it
+    waited); ``on_wait(error, waited_seconds)`` is called before each pause (it may
+    raise to stop waiting, e.g. on Ctrl-C). ``outer`` (default
+    ``$DEPLOYKIT_DEPLOY_ID``, see :func:`outer_deploy_id`) is the deploy this one
+    runs inside of: hosts it holds are taken as nested (:attr:`FleetLock.nested`).
 
     A ``start`` history entry (``kind``, versions, ``strategy``) is written with
     each lock, in the same round trip; leaving the block writes the ``end``
@@ -892,16 +944,50 @@ def fleet_lock(
         raise ConfigError(f"kind must be 'deploy' or 'rollback', not {kind!r}")
     if ttl <= 0:
         raise ConfigError(f"lock ttl must be positive, not {ttl!r}")
+    if wait < 0:
+        raise ConfigError(f"lock wait must be 0 or more seconds, not {wait!r}")
     holder = LockHolder.for_this_process(deploy_id, app)
     options: dict[str, Any] = {"kind": kind, "version_from": version_from,
                                "version_to": version_to, "strategy": strategy, "forks": forks}
+    reentrant = [i for i in (outer or outer_deploy_id(),) if i and i != deploy_id]
+    began = time.monotonic()
+    while True:
+        try:
+            lock = _acquire_fleet(conns, app, holder, ttl, break_lock, options, reentrant)
+            break
+        except LockHeldError as error:
+            waited = time.monotonic() - began
+            if waited >= wait:
+                if wait:
+                    raise LockHeldError(f"{error.message}; gave up after waiting "
+                                        f"{_human_age(waited)}") from None
+                raise
+            if on_wait is not None:
+                on_wait(error, waited)
+            time.sleep(max(0.05, min(poll, wait - waited)))
+    log.info("%s lock taken on %s for deploy %s", app, ", ".join(lock.hosts), deploy_id)
+    exc: BaseException | None = None
+    try:
+        yield lock
+    except BaseException as error:
+        exc = error
+        raise
+    finally:
+        lock.release(exc)
+
+
+def _acquire_fleet(conns: Sequence[Connection], app: str, holder: LockHolder, ttl: float,
+                   break_lock: bool, options: Mapping[str, Any],
+                   reentrant: Sequence[str]) -> FleetLock:
+    """One all-or-nothing attempt of :func:`fleet_lock`: the lock, or LockHeldError."""
     lock = FleetLock(conns, app, holder, **options)
     attempts: dict[str, LockAttempt | DeployError] = {}
 
     def take(conn: Connection) -> None:
         try:
             attempts[conn.name] = acquire_lock(conn, app, holder, ttl=ttl, break_lock=break_lock,
-                                               entries=[lock.entry("start", conn.name)])
+                                               entries=[lock.entry("start", conn.name)],
+                                               reentrant=reentrant)
         except DeployError as exc:
             attempts[conn.name] = exc
 
@@ -909,6 +995,7 @@ def fleet_lock(
         taken = [c for c in conns if isinstance(a := attempts.get(c.name), LockAttempt)
                  and a.acquired]
         partial = FleetLock(taken, app, holder, **options)
+        partial.nested = {c.name for c in taken if getattr(attempts[c.name], "nested", False)}
         partial.started = lock.started
         partial.end("aborted", message=reason)
         partial.release()
@@ -919,15 +1006,16 @@ def fleet_lock(
     ordered = sorted(conns, key=lambda c: c.name)
     try:
         if ordered:
-            _in_parallel(ordered[:1], take, forks)  # through the pool: Ctrl-C waits for it
+            _in_parallel(ordered[:1], take, lock.forks)  # through the pool: Ctrl-C waits for it
             first = attempts[ordered[0].name]
             if isinstance(first, LockAttempt) and first.acquired:
-                _in_parallel(ordered[1:], take, forks)
+                _in_parallel(ordered[1:], take, lock.forks)
     except BaseException:
         give_back("interrupted while taking the lock")
         raise
     held = sorted((a.held_by for a in attempts.values()
-                   if isinstance(a, LockAttempt) and a.held_by is not None), key=lambda i: i.host)
+                   if isinstance(a, LockAttempt) and not a.acquired and a.held_by is not None),
+                  key=lambda i: i.host)
     errors = [a for a in attempts.values() if isinstance(a, DeployError)]
     if held or errors:
         give_back("the lock could not be taken on every host")
@@ -936,15 +1024,8 @@ def fleet_lock(
         raise errors[0]
     lock.broken = [a.broken for a in attempts.values()
                    if isinstance(a, LockAttempt) and a.broken is not None]
-    log.info("%s lock taken on %s for deploy %s", app, ", ".join(lock.hosts), deploy_id)
-    exc: BaseException | None = None
-    try:
-        yield lock
-    except BaseException as error:
-        exc = error
-        raise
-    finally:
-        lock.release(exc)
+    lock.nested = {n for n, a in attempts.items() if isinstance(a, LockAttempt) and a.nested}
+    return lock
 
 
 # -- local run files --------------------------------------------------------------------------
@@ -975,6 +1056,21 @@ def write_run_report(report: RunReport, deploy_id: str | None = None,
     return report.write_json(run_files(deploy_id or report.run_id, base).json)
 
 
+LOG_LEVEL_ENV = "DEPLOYKIT_LOG_LEVEL"
+
+
+def log_level() -> int:
+    """``$DEPLOYKIT_LOG_LEVEL`` (``debug``, ``info``, ``warning``) as a logging level;
+    WARNING when unset. An unknown name is a ConfigError."""
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().lower()
+    levels = {"": logging.WARNING, "debug": logging.DEBUG, "info": logging.INFO,
+              "warning": logging.WARNING, "error": logging.ERROR}
+    if name not in levels:
+        raise ConfigError(f"${LOG_LEVEL_ENV}: {name!r} is not one of debug, info, warning, "
+                          f"error")
+    return levels[name]
+
+
 class _RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: set[Secret]) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -991,15 +1087,16 @@ class RunLog:
     ...     run_log.write("deploy started")
 
     While open, records of the ``deploykit`` logger at ``level`` and above
-    (``logging.DEBUG`` adds every remote command) go to the file, created
+    (``logging.DEBUG`` adds every remote command; the default is INFO, or DEBUG with
+    ``$DEPLOYKIT_LOG_LEVEL=debug``, see :func:`log_level`) go to the file, created
     0600; every line passes through :func:`~deploykit.secrets.redact` with
     the given secrets (add more with :meth:`add_secrets`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, secrets: Iterable[Secret] = (),
-                 level: int = logging.INFO) -> None:
+                 level: int | None = None) -> None:
         self.path = Path(path)
-        self.level = level
+        self.level = min(log_level(), logging.INFO) if level is None else level
         self.secrets: set[Secret] = set(secrets)
         self._handler: logging.Handler | None = None
         self._previous_level = logging.NOTSET

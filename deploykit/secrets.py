@@ -1,11 +1,51 @@
-"""Secrets: values that must never reach a log, a report or an error message."""
+"""Secrets: values that must never reach a log, a report or an error message.
+
+A secret may also come from a **source** on the controller, named by a reference
+in ``deploykit.yml`` or in an inventory value:
+
+=====================  ===================================================================
+``${env:NAME}``        the controller's environment variable ``NAME`` (set, not empty)
+``${file:PATH}``       a file's content, trailing newline stripped; PATH relative to the
+                       file holding the reference; refused unless its mode is 0600 or
+                       stricter (no access for group or others)
+``${cmd:COMMAND}``     the stripped stdout of COMMAND (a password manager's CLI, e.g.
+                       ``${cmd:pass show shop/db}``), run **without a shell**: the words
+                       are split like a POSIX shell would (``shlex.split``: quotes work,
+                       ``$VAR``, pipes and globs do not; write ``sh -c '...'`` for those),
+                       in the project's directory, stdin from /dev/null, within 60 s
+                       (``$DEPLOYKIT_SECRET_TIMEOUT``); run at most once per process. A
+                       non-zero exit, a timeout or empty output is an error that shows
+                       neither its stdout nor its stderr (they may hold the secret).
+=====================  ===================================================================
+
+Sources are resolved **lazily**: :func:`lazy` (and :func:`resolve_references` for a
+whole inventory value) returns a :class:`LazySecret` that reads its source at its
+first :meth:`~Secret.reveal`, so a command that never needs the value never runs the
+password manager, and a missing one fails only where it is needed, naming the key
+and the source.
+"""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+import shlex
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+
+__all__ = ["REDACTED", "SOURCES", "LazySecret", "Secret", "lazy", "redact",
+           "resolve_references", "resolve_source", "reveal"]
 
 REDACTED = "********"
+SOURCES = ("env", "file", "cmd")
+"""The controller-side secret sources a ``${kind:...}`` reference may name."""
+CMD_TIMEOUT_ENV = "DEPLOYKIT_SECRET_TIMEOUT"
 
 
 class Secret:
@@ -31,6 +71,10 @@ class Secret:
         """Return the real value. Only for building commands and files."""
         return self._value
 
+    def peek(self) -> str | None:
+        """The value when known without side effects (what :func:`redact` masks)."""
+        return self.reveal()
+
     def __str__(self) -> str:
         return REDACTED
 
@@ -41,16 +85,72 @@ class Secret:
         return REDACTED
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and not isinstance(other, LazySecret) \
+            and other.reveal() == self.reveal()
 
     def __hash__(self) -> int:
-        return hash(("Secret", self._value))
+        return hash(("Secret", self.reveal()))
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self.reveal())
 
     def __len__(self) -> int:
-        return len(self._value)
+        return len(self.reveal())
+
+
+class LazySecret(Secret):
+    """A :class:`Secret` read from its source at the first :meth:`reveal` (then kept).
+
+    ``source`` is the reference as written (``${env:DB_PASSWORD}``), safe to show;
+    ``cheap`` says the source can be read without side effects (env, file), which
+    lets :func:`redact` mask it even before deploykit itself reveals it.
+    """
+
+    __slots__ = ("_lock", "_read", "cheap", "source")
+
+    def __init__(self, source: str, read: Callable[[], str], *, cheap: bool = False) -> None:
+        self.source = source
+        self.cheap = cheap
+        self._read = read
+        self._lock = threading.Lock()
+
+    @property
+    def resolved(self) -> bool:
+        """True once the source has been read."""
+        return hasattr(self, "_value")
+
+    def reveal(self) -> str:
+        """Read the source (once; a ConfigError names the key and the source)."""
+        with self._lock:
+            if not hasattr(self, "_value"):
+                self._value = self._read()
+            return self._value
+
+    def peek(self) -> str | None:
+        if self.resolved or self.cheap:
+            try:
+                return self.reveal()
+            except ConfigError:
+                return None
+        return None
+
+    def __repr__(self) -> str:
+        return f"LazySecret({self.source})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LazySecret) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(("LazySecret", self.source))
+
+    def __bool__(self) -> bool:
+        return True  # a source never yields an empty value: reading an empty one fails
+
+    def __copy__(self) -> LazySecret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LazySecret:
+        return self
 
 
 def reveal(value: object) -> object:
@@ -62,10 +162,133 @@ def redact(text: str, secrets: Iterable[Secret]) -> str:
     """Replace every occurrence of each secret's value in ``text`` with ``********``.
 
     Used on remote output and error messages before they are logged or
-    reported, in case a command echoed a secret back.
+    reported, in case a command echoed a secret back. A :class:`LazySecret`
+    not read yet is masked when its source is cheap (env, file); a command's
+    output that deploykit never asked for cannot be in the text.
     """
-    values = sorted({s.reveal() for s in secrets if s.reveal()}, key=len, reverse=True)
+    values = sorted({v for s in secrets if (v := s.peek())}, key=len, reverse=True)
     if not values:
         return text
     pattern = re.compile("|".join(re.escape(v) for v in values))
     return pattern.sub(REDACTED, text)
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+_SOURCE_REF = re.compile(r"\$\$|\$\{\s*(env|file|cmd):([^}]*)\}")
+_cmd_cache: dict[tuple[str, str], str] = {}
+_cmd_lock = threading.Lock()
+
+
+def resolve_source(name: str, base: str | os.PathLike[str], where: str) -> str:
+    """The value of the source ``name`` (``env:NAME``, ``file:PATH`` or ``cmd:COMMAND``).
+
+    ``base`` is the directory relative paths (and commands) start from; ``where``
+    names the key holding the reference, for errors. A ConfigError names the key
+    and the source; a name that is not a source is a KeyError.
+    """
+    kind, _, rest = name.partition(":")
+    rest = rest.strip()
+    if kind == "env" and rest:
+        value = os.environ.get(rest)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {rest} is not set (or empty) "
+                              f"(source ${{env:{rest}}})")
+        return value
+    if kind == "file" and rest:
+        return _read_file(Path(base, os.path.expanduser(rest)), where)
+    if kind == "cmd" and rest:
+        return _run_command(rest, Path(base), where)
+    raise KeyError(name)
+
+
+def _read_file(path: Path, where: str) -> str:
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: secret file {path} is not a regular file")
+        if mode & 0o077:
+            raise ConfigError(f"{where}: secret file {path} has mode "
+                              f"{stat.S_IMODE(mode):04o}: group or others may read it; a "
+                              f"secret file must be 0600 or stricter (chmod 600 {path})")
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: secret file {path} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{where}: secret file {path} is empty")
+    return value
+
+
+def _run_command(command: str, base: Path, where: str) -> str:
+    """stdout of ``command`` (no shell), stripped; once per process per command."""
+    key = (command, str(base))
+    with _cmd_lock:
+        if key in _cmd_cache:
+            return _cmd_cache[key]
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: secret command `{command}` cannot be parsed: "
+                              f"{exc}") from None
+        if not argv:
+            raise ConfigError(f"{where}: ${{cmd:}} names no command")
+        timeout = float(os.environ.get(CMD_TIMEOUT_ENV) or 60)
+        shown = f"secret command `{command}` (source ${{cmd:{command}}})"
+        try:
+            done = subprocess.run(argv, cwd=base if base.is_dir() else None,
+                                  stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: {shown}: {argv[0]} not found") from None
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"{where}: {shown} did not finish within {timeout:g} s "
+                              f"(${CMD_TIMEOUT_ENV} sets the limit)") from None
+        except OSError as exc:
+            raise ConfigError(f"{where}: {shown} cannot run: {exc.strerror}") from None
+        if done.returncode != 0:
+            raise ConfigError(f"{where}: {shown} exited with code {done.returncode} (its "
+                              f"output is not shown: it may hold the secret; run the "
+                              f"command yourself to see why)")
+        value = done.stdout.decode("utf-8", "replace").strip()
+        if not value:
+            raise ConfigError(f"{where}: {shown} printed nothing")
+        _cmd_cache[key] = value
+        return value
+
+
+def has_sources(text: str) -> bool:
+    """True when ``text`` holds an ``${env:..}``, ``${file:..}`` or ``${cmd:..}`` reference."""
+    return any(m.group(1) for m in _SOURCE_REF.finditer(text))
+
+
+def lazy(text: str, base: str | os.PathLike[str], where: str) -> LazySecret:
+    """``text`` with its source references (and ``$$``) resolved at the first reveal."""
+
+    def read() -> str:
+        def one(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            return resolve_source(f"{match.group(1)}:{match.group(2)}", base, where)
+        return _SOURCE_REF.sub(one, text)
+
+    kinds = {m.group(1) for m in _SOURCE_REF.finditer(text) if m.group(1)}
+    return LazySecret(text, read, cheap="cmd" not in kinds)
+
+
+def resolve_references(value: Any, base: str | os.PathLike[str], where: str) -> Any:
+    """``value`` with every string holding a source reference made a :class:`LazySecret`
+    (recursively through mappings and lists); other values unchanged.
+
+    For inventory values: ``password: ${cmd:pass show web/root}`` or a var
+    ``postgres_password: ${env:PGPASSWORD}``. ``where`` prefixes the key path
+    in errors (``inventory.yml: web-1.postgres_password``).
+    """
+    if isinstance(value, str) and not isinstance(value, Secret):
+        return lazy(value, base, where) if has_sources(value) else value
+    if isinstance(value, Mapping):
+        return {k: resolve_references(v, base, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_references(v, base, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value

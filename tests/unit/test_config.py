@@ -182,6 +182,7 @@ def test_render_env_builds_urls_from_the_inventory_and_encodes_the_password(
 
 def test_env_and_file_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "key.txt").write_text("s3cr3t-from-a-file\n")
+    (tmp_path / "key.txt").chmod(0o600)  # a secret file readable by others is refused
     monkeypatch.setenv("SHOP_TOKEN", "tok-from-the-env")
     cfg = parse(tmp_path, db=None, env={"KEY": "${file:key.txt}", "TOKEN": "${env:SHOP_TOKEN}"})
     env = render_env(cfg, None)
