@@ -17,6 +17,7 @@ APT_PACKAGES=(
   openssh-server openssh-client
   nginx postgresql-15 postgresql-client-15 redis-server redis-tools supervisor
   sqlite3
+  docker.io docker-compose debootstrap
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -12,14 +12,23 @@ hosts): its start tasks, then its check with retries. A phase passes when every
 service's check passed on every host; on the first failing phase the start
 stops, later phases are not started, and :class:`PhasedOutcome` names the phase,
 the service and the check's last output. ``dry_run`` only plans (no connection).
+
+**Compose stacks** (runbook 004: postgres -> redis/pgbouncer -> app services ->
+gateway): :func:`compose_stack` turns a compose project into services, one per
+compose service, with the ``depends_on`` of the compose file. Each is started
+alone (``compose up --no-deps <service>``) and gated on its containers' health
+(:class:`ContainerHealth`: running and ``healthy`` by its own healthcheck, else
+the logs tail in the failure) plus any check of the strategy's own.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import yaml
 
 from deploykit.connection import LoggedCommand
 from deploykit.errors import ConfigError
@@ -28,10 +37,11 @@ from deploykit.report import Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import Runner, Step, UndoScope
 from deploykit.task import Task
-from deploykit.tasks import http, postgres, redis, system
+from deploykit.tasks import compose, http, postgres, redis, system
 
-__all__ = ["CommandCheck", "HttpCheck", "PhasedOutcome", "RedisCheck", "Service", "SqlCheck",
-           "TcpCheck", "describe_phases", "plan_phases", "start"]
+__all__ = ["CommandCheck", "ContainerHealth", "HttpCheck", "PhasedOutcome", "RedisCheck",
+           "Service", "SqlCheck", "TcpCheck", "compose_stack", "describe_phases", "plan_phases",
+           "start"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,18 @@ class RedisCheck:
     interval: float = 1.0
 
 
-Check = TcpCheck | HttpCheck | CommandCheck | SqlCheck | RedisCheck
+@dataclass(frozen=True)
+class ContainerHealth:
+    """The compose service's containers run and are healthy (their own healthcheck);
+    a failure carries the last log lines of the unhealthy container."""
+
+    project: str
+    service: str
+    timeout: float = 60.0
+    interval: float = 0.5
+
+
+Check = TcpCheck | HttpCheck | CommandCheck | SqlCheck | RedisCheck | ContainerHealth
 
 
 def _never_changed(_: object) -> bool:
@@ -92,10 +113,14 @@ def _never_changed(_: object) -> bool:
 
 def check_step(service: str, check: Check) -> Step:
     """The check as a runner step, retried ``retries`` times ``interval`` apart."""
-    if check.retries < 0 or check.interval < 0:
-        raise ConfigError(f"service {service}: check retries and interval must be >= 0")
     name = f"check {service}"
     task: Task
+    if isinstance(check, ContainerHealth):  # waits on the host by itself
+        task = compose.wait_healthy(check.project, [check.service], timeout=check.timeout,
+                                    interval=check.interval, name=f"health {service}")
+        return Step(task, name=f"health {service}")
+    if check.retries < 0 or check.interval < 0:
+        raise ConfigError(f"service {service}: check retries and interval must be >= 0")
     if isinstance(check, HttpCheck):  # wait_for_task polls by itself
         task = http.wait_for_task(check.url, status=check.status, retries=check.retries,
                                   interval=check.interval, timeout=check.timeout,
@@ -126,19 +151,23 @@ class Service:
 
     ``hosts``: an inventory selector (``"db"``, ``"web-1"``) or a list of host
     names. ``start``: the task(s) that bring it up (idempotent: ``ok`` when it
-    already runs). ``check``: its health check. ``depends_on``: service names
-    that must be healthy first.
+    already runs). ``check``: its health check, or several, run in order.
+    ``depends_on``: service names that must be healthy first.
     """
 
     name: str
     hosts: str | Sequence[str]
     start: Task | Sequence[Task]
-    check: Check
+    check: Check | Sequence[Check]
     depends_on: Sequence[str] = ()
 
     def start_tasks(self) -> list[Task]:
         """The start tasks as a list."""
         return [self.start] if isinstance(self.start, Task) else list(self.start)
+
+    def checks(self) -> list[Check]:
+        """The checks as a list."""
+        return list(self.check) if isinstance(self.check, list | tuple) else [self.check]  # type: ignore[list-item]
 
     def resolve(self, inventory: Inventory) -> list[Host]:
         """The service's hosts (ConfigError/InventoryError naming an unknown one)."""
@@ -258,7 +287,8 @@ def start(services: Sequence[Service], inventory: Inventory, *, dry_run: bool = 
     phases = plan_phases(services)
     hosts = {s.name: s.resolve(inventory) for s in services}
     steps: dict[str, list[Task | Step]] = {
-        s.name: [*s.start_tasks(), check_step(s.name, s.check)] for s in services}
+        s.name: [*s.start_tasks(), *(check_step(s.name, c) for c in s.checks())]
+        for s in services}
     names = [[s.name for s in layer] for layer in phases]
     outcome = PhasedOutcome("dry-run" if dry_run else "ok", names,
                             report=RunReport(run_id=run_id, check=dry_run))
@@ -308,3 +338,47 @@ def _first_failure(report: RunReport) -> tuple[str | None, str]:
         if entry.failed:
             return name, entry.error or "unreachable"
     return None, "(no output)"
+
+
+def compose_stack(project: str, files: compose.ComposeFiles,
+                  env: Mapping[str, compose.EnvValue] | None = None, *,
+                  hosts: str | Sequence[str],
+                  checks: Mapping[str, Check | Sequence[Check]] | None = None,
+                  health_timeout: float = 60.0) -> list[Service]:
+    """One :class:`Service` per service of a compose project, in the compose file's
+    order, with its ``depends_on``: started with ``compose up --no-deps <service>``
+    and gated on :class:`ContainerHealth`, then on ``checks[service]`` if given.
+
+    Raises ConfigError for a file without services or a check of an unknown service.
+    """
+    loaded = compose._load_files(files)
+    order: list[str] = []
+    deps: dict[str, list[str]] = {}
+    for content in loaded.values():
+        try:
+            data = yaml.safe_load(content)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"compose project {project}: {exc}") from None
+        for name, spec in ((data or {}).get("services") or {}).items():
+            if name not in deps:
+                order.append(name)
+                deps[name] = []
+            depends = (spec or {}).get("depends_on") or []
+            deps[name] += [d for d in (depends if isinstance(depends, list) else list(depends))
+                           if d not in deps[name]]
+    if not order:
+        raise ConfigError(f"compose project {project}: no services in its compose files")
+    unknown = sorted(set(checks or {}) - set(order))
+    if unknown:
+        raise ConfigError(f"compose project {project}: checks for unknown service "
+                          f"{unknown[0]!r}; services: {', '.join(order)}")
+    stack = []
+    for name in order:
+        extra = (checks or {}).get(name, [])
+        own = list(extra) if isinstance(extra, list | tuple) else [extra]
+        stack.append(Service(
+            name, hosts,
+            compose.up(project, loaded, env or {}, [name], name=f"start {name}"),
+            [ContainerHealth(project, name, timeout=health_timeout), *own],
+            depends_on=tuple(deps[name])))
+    return stack

@@ -10,7 +10,20 @@ Each lab host is
   /etc/redis, /etc/hosts, /srv, /var/log, /var/lib, /var/backups, /root,
   tmpfs /run, /tmp and /dev/shm, and its own hostname;
 * its own sshd (own host key, key-only login for the lab's client key), and per
-  role nginx + supervisord (``web``) or PostgreSQL 15 + redis-server (``db``).
+  role nginx + supervisord (``web``), PostgreSQL 15 + redis-server (``db``) or
+  its own dockerd (``docker``, see below).
+
+A ``docker`` host runs its own dockerd (and the containerd dockerd manages)
+inside its namespaces: ``--bridge=none``, no iptables, data root
+/var/lib/docker and exec root /run/docker in the host's private /var/lib and
+/run, containers in the cgroup ``<lab>-<host>`` (so :meth:`Lab.down` finds and
+kills them even when they left the host's network namespace) and on the host's
+network (``network_mode: host``). Its overlay mounts live in the host's private
+mount namespace and vanish with it. The base image ``dkbase:bookworm``
+(``debootstrap --variant=minbase --include=python3 bookworm`` from the machine's
+Debian mirror) is built once on the controller, cached as a tarball in
+``STATE_ROOT/base-images`` (kept by :meth:`Lab.down`) and imported into each
+docker host's dockerd.
 
 Programs (/usr) are the machine's; only configuration and state are private.
 Everything a lab creates is named after it (``dklab`` by default: namespaces
@@ -23,6 +36,7 @@ the process that created it crashed.  Nothing touches the machine's hostname,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -59,11 +73,15 @@ MAX_HOSTS = 20
 ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisord"),
     "db": ("postgres", "redis"),
+    "docker": ("dockerd",),
 }
 ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisor"),
     "db": ("postgresql-15", "redis-server"),
+    "docker": ("docker.io", "docker-compose"),
 }
+VERSION_VARS = {"docker.io": "docker_version", "docker-compose": "docker_compose_version"}
+"""Inventory vars for package versions whose name the default rule would garble."""
 REQUIRED_PROGRAMS: dict[str, str] = {
     "ip": "iproute2",
     "unshare": "util-linux",
@@ -75,7 +93,13 @@ REQUIRED_PROGRAMS: dict[str, str] = {
     "supervisord": "supervisor",
     "redis-server": "redis-server",
     "/usr/lib/postgresql/15/bin/initdb": "postgresql-15",
+    "dockerd": "docker.io",
+    "docker-compose": "docker-compose",
 }
+BASE_IMAGE = "dkbase:bookworm"
+BASE_IMAGE_DIR = "base-images"  # under STATE_ROOT; not a lab name (those have no '-')
+BASE_SUITE = "bookworm"
+BUILD_TIMEOUT = 900.0
 # Directories each host gets a private copy of (bind-mounted over the machine's).
 PRIVATE_DIRS = (
     "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis",
@@ -96,6 +120,9 @@ RESET_WEB_SCRIPT = (
     "find /etc/nginx/sites-enabled -mindepth 1 ! -name default -exec rm -f {} +; "
     f"printf '%s' {shlex.quote(labconfig.NGINX_DEFAULT_SITE)} > /etc/nginx/sites-enabled/default; "
     "nginx -s reload"
+)
+RESET_DOCKER_SCRIPT = (
+    "ids=$(docker ps -aq); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; "
 )
 
 
@@ -259,6 +286,10 @@ class Lab:
     def _veth(self, name: str) -> str:
         return f"{self.name}{HOST_OFFSET + self._index(name)}"
 
+    def cgroup(self, name: str) -> str:
+        """The cgroup (a top-level one in every hierarchy) of host ``name``'s containers."""
+        return f"{self.name}-{name}"
+
     def services(self, name: str) -> tuple[str, ...]:
         """Services the host runs: sshd plus those of its roles."""
         result = ["sshd"]
@@ -276,12 +307,15 @@ class Lab:
         self._ensure_client_key()
         self._ensure_postgres_password()
         self._ensure_bridge()
+        base = ensure_base_image() if any("docker" in s.roles for s in self.specs) else None
         errors: list[str] = []
         lock = threading.Lock()
 
         def build(spec: LabHostSpec) -> None:
             try:
                 self._ensure_host(spec)
+                if base is not None and "docker" in spec.roles:
+                    self._import_base_image(spec.name, base)
             except (LabError, OSError, subprocess.SubprocessError) as exc:
                 with lock:
                     errors.append(f"{spec.name}: {exc}" if not isinstance(exc, LabError)
@@ -298,6 +332,7 @@ class Lab:
         """Remove every lab namespace, process, link and file, even of a crashed lab."""
         namespaces = self._lab_namespaces()
         self._kill_namespaces(namespaces)
+        self._remove_cgroups(f"{self.name}-*")
         for netns in namespaces:
             _run(["ip", "netns", "delete", netns], check=False)
         for link in self._lab_links():
@@ -358,7 +393,8 @@ class Lab:
         program and nginx's own default site only; every service running again."""
         for spec in self.specs:
             self.host_script(spec.name, "start", *self.services(spec.name))
-            script = RESET_SCRIPT + (RESET_WEB_SCRIPT if "web" in spec.roles else "")
+            script = RESET_SCRIPT + (RESET_WEB_SCRIPT if "web" in spec.roles else "") \
+                + (RESET_DOCKER_SCRIPT if "docker" in spec.roles else "")
             self.nsenter(spec.name, ["sh", "-c", script])
 
     def start_service(self, name: str, service: str) -> None:
@@ -406,6 +442,7 @@ class Lab:
             broken = netns in wanted and self._anchor_pid(name) is None
             if netns not in wanted or broken:
                 self._kill_namespaces([netns])
+                self._remove_cgroups(self.cgroup(name))
                 _run(["ip", "netns", "delete", netns], check=False)
                 if netns not in wanted:
                     shutil.rmtree(self._host_dir(name), ignore_errors=True)
@@ -506,6 +543,11 @@ class Lab:
                 shutil.chown(fs / d, "redis", "redis")
             shutil.chown(fs / "var/log/postgresql", "postgres", "postgres")
             self._init_postgres(fs)
+        if "docker" in spec.roles:
+            (fs / "var/lib/docker").mkdir(parents=True, exist_ok=True)
+            (fs / "var/lib/dockerd").mkdir(parents=True, exist_ok=True)
+            (fs / "var/lib/dockerd/daemon.json").write_text(
+                labconfig.dockerd_config(f"/{self.cgroup(spec.name)}"))
 
     def _init_postgres(self, fs: Path) -> None:
         data = fs / PG_DATA
@@ -540,6 +582,8 @@ class Lab:
         ]
         for d in PRIVATE_DIRS:
             lines.append(f"mount --rbind {fs}/{d} /{d}")
+        if "docker" in spec.roles:
+            lines += _cgroup_mount_lines()
         lines += [
             f"mount --bind {root}/hosts /etc/hosts",
             "mount -t tmpfs -o mode=1777,size=256m tmpfs /tmp",
@@ -570,6 +614,44 @@ class Lab:
                                f"{_tail(root / 'anchor.log')}")
             time.sleep(0.01)
         (root / "anchor.pid").write_text(str(proc.pid))
+
+    def _import_base_image(self, name: str, tarball: Path) -> None:
+        """``docker import`` the cached base image into host ``name``'s dockerd, once."""
+        if self.nsenter(name, ["docker", "image", "inspect", BASE_IMAGE],
+                        check=False).returncode == 0:
+            return
+        pid = self._anchor_pid(name)
+        with open(tarball, "rb") as f:
+            proc = subprocess.run(
+                ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "--",
+                 "docker", "import", "-", BASE_IMAGE],
+                stdin=f, capture_output=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            raise LabError(f"{name}: docker import of {tarball} failed: "
+                           f"{proc.stderr.decode(errors='replace').strip()}")
+
+    @staticmethod
+    def _remove_cgroups(pattern: str) -> None:
+        """Kill every process in the cgroups named ``pattern`` (a glob: the docker hosts'
+        containers, which may sit in network namespaces of their own) and remove them."""
+        groups = [g for g in Path(CGROUP_ROOT).glob(f"*/{pattern}") if g.is_dir()]
+        if not groups:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            targets = {pid for g in groups for pid in _cgroup_pids(g)}
+            for pid in targets:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(_pid_alive(p) for p in targets):
+                time.sleep(0.02)
+        for group in groups:
+            for d in sorted((p for p in group.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
     def _wait_for_ssh(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -613,7 +695,8 @@ class Lab:
                                             "roles": list(spec.roles)}
             for role in spec.roles:
                 for package in ROLE_PACKAGES[role]:
-                    host_vars[f"{package.split('-')[0]}_version"] = versions.get(package, "")
+                    var = VERSION_VARS.get(package, f"{package.split('-')[0]}_version")
+                    host_vars[var] = versions.get(package, "")
             if "db" in spec.roles:
                 host_vars.update(postgres_port=5432, postgres_user="postgres",
                                  postgres_password_file=str(self.postgres_password_file),
@@ -689,3 +772,89 @@ def load_fleet(name: str = DEFAULT_NAME) -> list[LabHostSpec] | None:
     except (OSError, ValueError):
         return None
     return [LabHostSpec(h["name"], tuple(h["roles"])) for h in data]
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_pids(group: Path) -> set[int]:
+    """Every PID in a cgroup and its descendants."""
+    pids: set[int] = set()
+    for procs in group.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def _cgroup_mount_lines() -> list[str]:
+    """Shell lines that mount the machine's cgroup hierarchies in a host's mount namespace
+    (``ip netns exec`` gives it a fresh /sys without them; dockerd needs them)."""
+    lines = ["mount -t tmpfs -o mode=755,size=1m cgroup /sys/fs/cgroup"]
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split() for line in f]
+    for _, target, fstype, options, *_ in mounts:
+        if fstype not in ("cgroup", "cgroup2") or not target.startswith(CGROUP_ROOT + "/"):
+            continue
+        keep = ",".join(o for o in options.split(",")
+                        if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec"))
+        opts = f" -o {shlex.quote(keep)}" if keep else ""
+        lines += [f"mkdir -p {shlex.quote(target)}",
+                  f"mount -t {fstype}{opts} {fstype} {shlex.quote(target)}"]
+    if len(lines) == 1:  # a pure cgroup v2 machine: /sys/fs/cgroup itself
+        lines = [f"mount -t cgroup2 cgroup2 {CGROUP_ROOT}"]
+    return lines
+
+
+def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
+    """The machine's configured Debian mirror (deb822 ``.sources`` or ``sources.list``)."""
+    candidates = sorted((sources / "sources.list.d").glob("*.sources"))
+    for path in candidates:
+        for block in path.read_text().split("\n\n"):
+            fields = dict(line.split(":", 1) for line in block.splitlines()
+                          if ":" in line and not line.startswith("#"))
+            suites = fields.get("Suites", "").split()
+            if any(s.strip() == BASE_SUITE for s in suites) and "URIs" in fields:
+                return fields["URIs"].split()[0]
+    for path in [sources / "sources.list", *sorted((sources / "sources.list.d").glob("*.list"))]:
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3 and parts[0] == "deb" and BASE_SUITE in parts[2:]:
+                    return next(p for p in parts[1:] if not p.startswith("["))
+    raise LabError(f"no Debian {BASE_SUITE} mirror in {sources}/sources.list(.d); the lab "
+                   "builds its container base image from the machine's configured mirror")
+
+
+def ensure_base_image(cache: Path | None = None) -> Path:
+    """The base image tarball, built once with debootstrap and cached (kept by lab.down).
+
+    A file lock serialises labs that start together; a partial build never
+    replaces the cache.
+    """
+    cache = cache or STATE_ROOT / BASE_IMAGE_DIR
+    tarball = cache / f"{BASE_SUITE}-minbase-python3.tar"
+    if tarball.exists():
+        return tarball
+    if shutil.which("debootstrap") is None:
+        raise LabError("debootstrap is missing (the lab builds its container base image with "
+                       "it); install it with: apt-get install debootstrap")
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.exists():
+            return tarball
+        root = cache / "rootfs.partial"
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            _run(["debootstrap", "--variant=minbase", "--include=python3", BASE_SUITE,
+                  str(root), debian_mirror()], timeout=BUILD_TIMEOUT)
+            for d in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+                      "var/cache/apt", "var/lib/apt/lists"):
+                shutil.rmtree(root / d, ignore_errors=True)
+            partial = tarball.with_suffix(".partial")
+            _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."],
+                 timeout=BUILD_TIMEOUT)
+            partial.rename(tarball)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return tarball

@@ -6,6 +6,7 @@ host's private directories before the host starts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 SSHD_CONFIG = """\
@@ -110,6 +111,28 @@ PG_HBA_EXTRA = """
 # deploykit lab: every lab network (198.18.0.0/24) and the controller
 host all all 198.18.0.0/24 scram-sha-256
 """
+
+def dockerd_config(cgroup_parent: str) -> str:
+    """daemon.json of a lab host's own dockerd: everything inside the host's private
+    /var/lib and /run, containers in ``cgroup_parent``, no network setup of its own
+    (no bridge, no iptables or NAT: containers use the host's network)."""
+    return json.dumps({
+        "data-root": "/var/lib/docker",
+        "exec-root": "/run/docker",
+        "pidfile": "/run/docker.pid",
+        "hosts": ["unix:///run/docker.sock"],
+        "bridge": "none",
+        "iptables": False,
+        "ip6tables": False,
+        "ip-masq": False,
+        "storage-driver": "overlay2",
+        "exec-opts": ["native.cgroupdriver=cgroupfs"],
+        "cgroup-parent": cgroup_parent,
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "1m", "max-file": "2"},
+        "userland-proxy": False,
+    }, indent=2) + "\n"
+
 
 # A plain, fast shell for lab logins: Debian's root .bashrc may run slow init.
 ROOT_BASHRC = "# deploykit lab host: plain shell, no init\n"

@@ -16,6 +16,7 @@ pidfile() {
     supervisord) echo /run/supervisord.pid ;;
     postgres) echo "$PGDATA/postmaster.pid" ;;
     redis) echo /run/redis/redis-server.pid ;;
+    dockerd) echo /run/docker.pid ;;
     *) echo "labhost: unknown service '$1'" >&2; exit 2 ;;
   esac
 }
@@ -41,6 +42,16 @@ start_one() {
     redis)
       mkdir -p /run/redis && chown redis:redis /run/redis
       runuser -u redis -- redis-server /etc/redis/redis.conf ;;
+    dockerd)
+      # its own daemon (and the containerd it manages) in this host's namespaces;
+      # the config keeps data, exec root, socket and pidfile in /var/lib and /run
+      setsid dockerd --config-file /var/lib/dockerd/daemon.json >>/var/log/dockerd.log 2>&1 &
+      i=0
+      until docker version >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -ge 600 ]; then echo "dockerd does not answer (see /var/log/dockerd.log)"; return 1; fi
+        sleep 0.05
+      done ;;
   esac
 }
 
@@ -59,6 +70,10 @@ stop_one() {
   running "$1" || return 0
   if [ "$1" = postgres ]; then
     runuser -u postgres -- "$PGBIN/pg_ctl" -w -s -D "$PGDATA" -m fast stop
+  elif [ "$1" = dockerd ]; then
+    kill "$(head -n 1 /run/docker.pid)"
+    i=0  # dockerd stops its containers first
+    while running dockerd && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
   else
     kill "$(head -n 1 "$(pidfile "$1")")"
   fi
