@@ -264,8 +264,9 @@ class Lab:
 
     def unused_address(self) -> str:
         """An address inside this lab's network where no host answers (ARP goes
-        unanswered: a connect times out), for unreachable-host tests."""
-        return str(self.network[HOST_OFFSET + MAX_HOSTS])
+        unanswered: a connect times out), for unreachable-host tests: the one just below
+        the first host's (never the gateway, never a /27's broadcast address)."""
+        return str(self.network[HOST_OFFSET - 1])
 
     def spec(self, name: str) -> LabHostSpec:
         """The spec of host ``name``; LabError naming the fleet when unknown."""
