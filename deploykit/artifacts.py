@@ -47,7 +47,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from deploykit.errors import ConfigError
 from deploykit.shell import quote
@@ -56,6 +56,7 @@ __all__ = [
     "EPOCH",
     "Artifact",
     "build",
+    "check_members",
     "default_wheelhouse",
     "install_command",
     "resolve_wheels",
@@ -92,15 +93,78 @@ class Artifact:
         return self.version
 
     @classmethod
-    def from_file(cls, path: str | Path, *, app: str, version: str) -> Artifact:
-        """Describe an existing tarball (e.g. built by another job): its checksum and size."""
+    def from_file(cls, path: str | Path, *, app: str, version: str,
+                  sha256: str | None = None) -> Artifact:
+        """Describe an existing tarball (e.g. built by another job): its checksum and size.
+
+        With ``sha256`` (the checksum the build published), a file that does not
+        match is refused; either way its members are checked (:func:`check_members`).
+        """
         p = Path(path)
         try:
             data = p.read_bytes()
         except OSError as exc:
             raise ConfigError(f"artifact {p}: {exc.strerror}") from None
-        return cls(check_name("app", app), check_name("version", version), p,
-                   hashlib.sha256(data).hexdigest(), len(data))
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256.lower():
+            raise ConfigError(f"artifact {p}: SHA-256 {digest} does not match the expected "
+                              f"{sha256}; the file is corrupt or was tampered with")
+        check_members(data, str(p))
+        return cls(check_name("app", app), check_name("version", version), p, digest, len(data))
+
+    def read_verified(self) -> bytes:
+        """The tarball's bytes, checked against :attr:`sha256` and by :func:`check_members`:
+        what to upload and unpack (never the file read again after this check)."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"artifact {self.path}: {exc.strerror}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise ConfigError(f"artifact {self.path}: SHA-256 {digest[:16]}... does not match "
+                              f"the one recorded when it was built ({self.sha256[:16]}...); "
+                              "the file changed since: rebuild it, or find who replaced it")
+        if len(data) != self.size:
+            raise ConfigError(f"artifact {self.path}: {len(data)} bytes, built as {self.size}")
+        check_members(data, str(self.path))
+        return data
+
+
+def check_members(data: bytes, where: str) -> None:
+    """Refuse a tarball a host must not unpack: a member with an absolute path or a
+    ``..`` component, a link whose target is absolute or holds ``..``, a member inside
+    a symlinked directory, a device, FIFO or other special file, a setuid/setgid mode,
+    or bytes that are not a tar.gz at all. Raises :class:`ConfigError` naming the member."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ConfigError(f"artifact {where}: not a readable tar.gz ({exc})") from None
+    links: set[str] = set()
+    for m in members:
+        name = m.name
+
+        def refuse(why: str, name: str = name) -> ConfigError:
+            return ConfigError(f"artifact {where}: member {name!r} {why}; refusing to "
+                               "unpack it")
+
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or not parts:
+            raise refuse("has an absolute or empty path")
+        if ".." in parts:
+            raise refuse("has a '..' component (it would land outside the release)")
+        if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+            raise refuse("lies under a symlink (it could be written outside the release)")
+        if m.issym() or m.islnk():
+            target = PurePosixPath(m.linkname)
+            if m.linkname.startswith("/") or ".." in target.parts or not m.linkname:
+                raise refuse(f"links to {m.linkname!r}, outside the release")
+            if m.issym():
+                links.add("/".join(parts))
+        elif not (m.isfile() or m.isdir()):
+            raise refuse("is a device, FIFO or other special file")
+        if m.mode & 0o6000:
+            raise refuse(f"has a setuid/setgid mode ({m.mode:o})")
 
 
 def check_name(what: str, value: str) -> str:
@@ -322,7 +386,7 @@ def unpack_migrations(artifact: Artifact, dest: str | Path) -> Path:
     takes, with exactly the migrations this version ships."""
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(artifact.path) as tar:
+    with tarfile.open(fileobj=io.BytesIO(artifact.read_verified()), mode="r:gz") as tar:
         for member in tar.getmembers():
             folder, _, name = member.name.partition("/")
             if folder == "migrations" and member.isfile() and MIGRATION.match(name):

@@ -73,6 +73,8 @@ from deploykit.pg import url as pg_url
 from deploykit.secrets import REDACTED, LazySecret, Secret, resolve_source
 from deploykit.task import Facts
 from deploykit.tasks.checks import DEFAULT_WEAK_VALUES, ControllerCheck, Verdict
+from deploykit.yamlsafe import YamlLimitError, short_repr
+from deploykit.yamlsafe import load as load_yaml
 
 __all__ = [
     "SCHEMA",
@@ -255,7 +257,7 @@ def _values(where: str, data: Mapping[str, Any], schema: Mapping[str, Key],
             kind = spec.kind.rstrip("?")
             raise ConfigError(f"{where}: {prefix}{key} must be {_KIND_TEXT[kind]}"
                               + (" or null" if spec.kind.endswith("?") else "")
-                              + f", got {value!r}")
+                              + f", got {short_repr(value)}")
         values[key] = value
     return values
 
@@ -476,7 +478,11 @@ def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
     except OSError as exc:
         raise ConfigError(f"{p}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except YamlLimitError as exc:
+        line = f":{exc.line}" if exc.line is not None else ""
+        key = f" ({exc.field})" if exc.field else ""
+        raise ConfigError(f"{p}{line}{key}: refused: {exc.message}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

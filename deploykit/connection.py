@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import secrets
 import select
 import socket
 import threading
@@ -40,7 +41,7 @@ from deploykit.errors import (
     RemoteCommandError,
 )
 from deploykit.secrets import Secret, redact
-from deploykit.shell import Command, quote, render, secrets_in
+from deploykit.shell import Command, check_no_nul, quote, render, secrets_in
 
 if TYPE_CHECKING:
     from deploykit.inventory import Host
@@ -100,6 +101,32 @@ def _load_key(path: str) -> paramiko.PKey:
                 raise AuthenticationError(f"cannot read identity file {path}: {exc}") from None
             _key_cache[path] = key
         return key
+
+
+def _env_marker(text: str) -> str:
+    """A random line that ends the env block sent on stdin (never inside ``text``)."""
+    while True:
+        marker = f"__DK_ENV_END_{secrets.token_hex(8)}__"
+        if marker not in text:
+            return marker
+
+
+def _secrets_to_env(command: Command, env: Mapping[str, str | Secret] | None
+                    ) -> tuple[Command, Mapping[str, str | Secret] | None]:
+    """Replace each Secret of a list command with ``"$__DK_SECRET_n"`` and put its
+    value in the environment (sent through stdin), so no secret is on the command line."""
+    if isinstance(command, str) or not any(isinstance(a, Secret) for a in command):
+        return command, env
+    merged: dict[str, str | Secret] = dict(env or {})
+    parts: list[str] = []
+    for arg in command:
+        if isinstance(arg, Secret):
+            name = f"__DK_SECRET_{len(merged)}"
+            merged[name] = arg
+            parts.append(f'"${{{name}}}"')
+        else:
+            parts.append(quote(arg))
+    return " ".join(parts), merged
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
@@ -245,18 +272,41 @@ class Connection:
     # -- commands --------------------------------------------------------------
 
     def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None
-              ) -> str:
+              ) -> tuple[str, bytes]:
+        """The command line to send and the bytes to send before the caller's stdin.
+
+        ``env`` never appears in the command line (where ``ps`` on the host would
+        show it to every user for the command's duration): its ``export`` lines go
+        through stdin, up to a random end marker, and the remote shell reads them
+        with ``read`` (one byte at a time, so the caller's stdin that follows is
+        left for the command) and ``eval``s them.
+        """
+        try:
+            check_no_nul(command, "command")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, host=self.name) from None
+        prefix = b""
         if env:
             bad = [k for k in env if not _ENV_NAME.fullmatch(k)]
             if bad:
                 raise ConfigError(f"invalid environment variable name {bad[0]!r}",
                                   host=self.name)
-            exports = " ".join(f"{k}={quote(v)}" for k, v in env.items())
-            command = f"export {exports}; {command}"
+            for key, value in env.items():
+                text = value.reveal() if isinstance(value, Secret) else str(value)
+                if "\x00" in text:
+                    raise ConfigError(f"environment variable {key} contains a NUL byte (\\x00), "
+                                      "which cannot be passed to a remote shell; remove it",
+                                      host=self.name)
+            exports = "".join(f"export {k}={quote(v)}\n" for k, v in env.items())
+            marker = _env_marker(exports)
+            prefix = f"{exports}{marker}\n".encode()
+            command = (f'__dk_env=; while IFS= read -r __dk_line && [ "$__dk_line" != {marker} ]'
+                       '; do __dk_env="$__dk_env$__dk_line\n"; done; eval "$__dk_env"; '
+                       f"unset __dk_env __dk_line; {command}")
         become = self.host.become if sudo is None else sudo
         if become and self.host.user != "root":
             command = f"sudo -n -H -- sh -c {quote(command)}"
-        return command
+        return command, prefix
 
     def run(
         self,
@@ -277,13 +327,18 @@ class Connection:
         quoted here. ``write=False`` marks a read-only probe in :attr:`log`.
         ``check=True`` raises :class:`RemoteCommandError` on a non-zero exit.
         Secrets (in the list, in ``env``, or the host password) are redacted in
-        the log, the result and any error.
+        the log, the result and any error, and never travel in the command line
+        (``ps`` on the host shows it): ``env`` goes through stdin, and a Secret
+        in a list command becomes a variable reference whose value goes with
+        ``env``. A NUL byte in the command or in ``env`` raises ConfigError.
         """
-        to_send, to_log = render(command)
+        to_log = render(command)[1]
         self.secrets.update(secrets_in(command))
+        command, env = _secrets_to_env(command, env)
+        to_send = render(command)[0]
         if env:
             self.secrets.update(v for v in env.values() if isinstance(v, Secret))
-        to_send = self._wrap(to_send, sudo, env)
+        to_send, prefix = self._wrap(to_send, sudo, env)
         client = self.open()._client
         assert client is not None
         transport = client.get_transport()
@@ -293,6 +348,8 @@ class Connection:
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
+            if prefix:
+                chan.sendall(prefix)
             if stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             chan.shutdown_write()

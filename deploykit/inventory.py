@@ -54,7 +54,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from deploykit.errors import InventoryError
-from deploykit.secrets import REDACTED, Secret
+from deploykit.secrets import REDACTED, Secret, resolve_references
+from deploykit.yamlsafe import MAX_DEPTH, YamlLimitError, check_node, check_size
 
 __all__ = ["SETTINGS", "Host", "Inventory", "load_inventory"]
 
@@ -62,6 +63,17 @@ SETTINGS = ("address", "port", "user", "identity_file", "known_hosts", "become",
 """Host keys that configure the SSH connection; every other host key is a var."""
 
 _GROUP_KEYS = ("hosts", "children", "vars")
+# settings that reach a socket, a command line or a file name: their allowed forms
+_SETTING_FORMS: dict[str, tuple[re.Pattern[str], str]] = {
+    "address": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._:%-]{0,252}"),
+                "a host name or IP address (letters, digits, '.', '-', ':')"),
+    "user": (re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}\$?"),
+             "a user name (letters, digits, '.', '_', '-'; at most 32)"),
+    "identity_file": (re.compile(r"[^\x00-\x1f]{1,4096}"),
+                      "a path without control characters (at most 4096)"),
+    "known_hosts": (re.compile(r"[^\x00-\x1f]{1,4096}"),
+                    "a path without control characters (at most 4096)"),
+}
 _BAD_NAME = re.compile(r"[\s,*?\[\]]")
 _GLOB = re.compile(r"[*?\[]")
 
@@ -220,17 +232,33 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
 def _parse_yaml(text: str, source: str) -> Any:
-    """Parse one YAML document; every failure becomes an InventoryError with a line."""
+    """Parse one YAML document; every failure becomes an InventoryError with a line.
+
+    The document is checked against :mod:`deploykit.yamlsafe`'s limits (file size,
+    one value's size, nesting, alias expansion) before anything is constructed.
+    """
+    try:
+        check_size(text)
+    except YamlLimitError as e:
+        raise InventoryError(f"inventory too large: {e.message}", source=source) from None
     loader = _Loader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        check_node(node)
+        return None if node is None else loader.construct_document(node)
+    except YamlLimitError as e:
+        raise InventoryError(f"inventory refused: {e.message}", source=source, line=e.line,
+                             field=e.field) from None
+    except RecursionError:
+        raise InventoryError(f"inventory refused: nested too deeply (over {MAX_DEPTH} levels)",
+                             source=source) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = "; ".join(p for p in (e.context, e.problem) if p) or "syntax error"
-        raise InventoryError(f"invalid YAML: {problem}", source=source, line=line) from e
+        raise InventoryError(f"invalid YAML: {problem}", source=source, line=line) from None
     except yaml.YAMLError as e:
-        raise InventoryError(f"invalid YAML: {e}", source=source) from e
+        raise InventoryError(f"invalid YAML: {e}", source=source) from None
     except InventoryError as e:
         e.source = source
         raise
@@ -483,6 +511,9 @@ class _Parser:
         locs.update(entry.locs)
         if "address" not in values:
             raise self.error(f"host {name!r} has no address", entry.first)
+        for key in [k for k in values if k == "password" or k not in SETTINGS]:
+            values[key] = resolve_references(values[key], self.base_dir,
+                                             f"{self.source}: {name}.{key}")
         s = {
             key: self.check(name, key, values.pop(key), locs[key])
             for key in SETTINGS
@@ -515,6 +546,10 @@ class _Parser:
             ok, expected = isinstance(value, str) and value != "", "a non-empty string"
             ok = ok or (key == "password" and isinstance(value, Secret))
             got = "an empty string" if value == "" else got
+        if ok and key in _SETTING_FORMS:
+            pattern, expected = _SETTING_FORMS[key]
+            ok = bool(pattern.fullmatch(value))
+            got = repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} chars)"
         if not ok:
             raise self.error(f"host {host!r}: {key!r} must be {expected}, got {got}", loc)
         if key == "password":
