@@ -382,6 +382,25 @@ class Connection:
                 stdout=result.stdout, stderr=result.stderr)
         return result
 
+    def open_channel(self, command: str, *, sudo: bool | None = None) -> paramiko.Channel:
+        """Start ``command`` (a ready shell string, every value in it quoted) and return its
+        channel, for output or input that streams (``logs --follow``, ``docker save | docker
+        load``). Same sudo rule as :meth:`run`; the caller reads, writes and closes the
+        channel. ConnectError when the command cannot be started."""
+        to_send, _ = self._wrap(command, sudo, None)
+        client = self.open()._client
+        transport = client.get_transport() if client is not None else None
+        try:
+            if transport is None:
+                raise paramiko.SSHException("the connection is not open")
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.exec_command(to_send)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise ConnectError(f"cannot start a command on {self._where()}: "
+                               f"{exc or type(exc).__name__}", host=self.name) from None
+        return chan
+
     def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
                  to_log: str) -> tuple[bytes, bytes]:
         out: list[bytes] = []

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 import paramiko
 
 from deploykit.connection import Connection
-from deploykit.errors import ConnectError
-from deploykit.shell import quote
 
 __all__ = ["Stream", "open_stream"]
 
@@ -71,18 +69,5 @@ class Stream:
 def open_stream(conn: Connection, command: str, *, sudo: bool | None = None) -> Stream:
     """Start ``command`` (a ready shell string, every value in it quoted) on ``conn``'s host;
     its stdin stays open until the stream is closed."""
-    conn.open()
-    become = conn.host.become if sudo is None else sudo  # Connection.run's sudo rule
-    to_send = f"sudo -n -H -- sh -c {quote(command)}" if become and conn.host.user != "root" \
-        else command
-    client = conn._client  # no public accessor for the transport yet
-    transport = client.get_transport() if client is not None else None
-    if transport is None:
-        raise ConnectError(f"connection to {conn.host.address} is not open", host=conn.name)
-    try:
-        chan = transport.open_session(timeout=conn.connect_timeout)
-        chan.exec_command(to_send)
-    except (paramiko.SSHException, OSError) as exc:
-        raise ConnectError(f"cannot start a command on {conn.host.address}: {exc}",
-                           host=conn.name) from None
+    chan = conn.open_channel(command, sudo=sudo)
     return Stream(conn, chan)

@@ -135,7 +135,7 @@ def detect(conn: Connection) -> Flavour:
     flavour = _field(out, "flavour")
     if flavour not in FLAVOURS:
         raise _no_compose(conn)
-    return flavour  # type: ignore[return-value]
+    return flavour
 
 
 def _field(output: str, key: str) -> str:
@@ -747,21 +747,11 @@ class HostDocker:
         yield from _stream_out(self.conn, script)
 
 
-def _transport(conn: Connection) -> paramiko.Transport:
-    conn.open()
-    client = conn._client
-    transport = client.get_transport() if client is not None else None
-    if transport is None:
-        raise ConnectError(f"no SSH transport to {conn.name}", host=conn.name)
-    return transport
-
-
 def _stream_out(conn: Connection, script: str) -> Iterator[bytes]:
     """Run ``script`` on the host and yield its stdout as it comes; TaskError on failure."""
-    chan = _transport(conn).open_session(timeout=conn.connect_timeout)
+    chan = conn.open_channel(f"bash -c {quote(script)}")
     err = io.BytesIO()
     try:
-        chan.exec_command(f"bash -c {quote(script)}")
         chan.shutdown_write()
         while True:
             if chan.recv_stderr_ready():
@@ -789,12 +779,11 @@ def _stream_out(conn: Connection, script: str) -> Iterator[bytes]:
 def _stream_in(conn: Connection, script: str, chunks: Iterator[bytes], timeout: float
                ) -> tuple[int, str, int]:
     """Run ``script`` on the host with ``chunks`` as its stdin; (exit code, output, bytes)."""
-    chan = _transport(conn).open_session(timeout=conn.connect_timeout)
+    chan = conn.open_channel(script)
     sent = 0
     out = io.BytesIO()
     started = time.monotonic()
     try:
-        chan.exec_command(script)
         for chunk in chunks:
             chan.sendall(chunk)
             sent += len(chunk)
