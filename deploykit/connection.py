@@ -6,7 +6,11 @@ Built on paramiko, with the safety and speed a deploy tool needs:
   :class:`~deploykit.errors.HostKeyError` saying how to trust the host; keys are
   never added automatically;
 * TCP_NODELAY on the socket (paramiko leaves Nagle on, and every command would
-  then wait for a delayed ACK), keepalives, connect and command timeouts;
+  then wait for a delayed ACK), connect and command timeouts;
+* dead-peer detection: SSH keepalives every ``keepalive`` seconds and the socket's
+  TCP_USER_TIMEOUT at ``dead_after`` seconds, so a host that vanishes (network
+  partition, host down) mid-command is a lost connection within about their sum,
+  not a command that waits for its timeout;
 * ``become``: commands run through ``sudo -n`` when the login user is not root;
 * uploads go through the command's stdin into a temporary file next to the
   target, are checked against their SHA-256, and replace the target with one
@@ -146,12 +150,14 @@ class Connection:
         *,
         connect_timeout: float = 10.0,
         command_timeout: float | None = 600.0,
-        keepalive: int = 30,
+        keepalive: int = 10,
+        dead_after: float = 30.0,
     ) -> None:
         self.host = host
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.keepalive = keepalive
+        self.dead_after = dead_after
         self.log: list[LoggedCommand] = []
         self.secrets: set[Secret] = set()
         if host.password is not None:
@@ -217,6 +223,9 @@ class Connection:
             raise ConnectError(f"cannot reach {self._where()}: {reason}",
                                host=host.name) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(self.dead_after * 1000))
         try:
             client.connect(
                 hostname=host.address,
@@ -348,11 +357,9 @@ class Connection:
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
-            if prefix:
-                chan.sendall(prefix)
-            if stdin is not None:
-                chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
-            chan.shutdown_write()
+            if _send_input(chan, prefix + (stdin.encode() if isinstance(stdin, str)
+                                           else stdin or b"")):
+                chan.shutdown_write()
             out, err = self._collect(chan, started, limit, to_log)
             exit_code = chan.recv_exit_status()
             chan.close()
@@ -412,6 +419,9 @@ class Connection:
                 err.append(chan.recv_stderr(_READ_SIZE))
             if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
                 return b"".join(out), b"".join(err)
+            transport = chan.get_transport()
+            if chan.closed or transport is None or not transport.is_active():
+                raise EOFError("the SSH connection died (no answer from the host)")
             wait = 1.0
             if limit is not None:
                 wait = limit - (time.monotonic() - started)
@@ -485,6 +495,20 @@ class Connection:
         if local_path is not None:
             Path(local_path).write_bytes(data)
         return data
+
+
+def _send_input(chan: paramiko.Channel, data: bytes) -> bool:
+    """Send a command's stdin; False when the command exited before reading it all (``cat``
+    on a full disk, a failed check): not a lost connection, its exit status and stderr say
+    what happened. A channel closed without an exit status is a lost connection (raised)."""
+    try:
+        if data:
+            chan.sendall(data)
+    except OSError:
+        if chan.exit_status_ready():
+            return False
+        raise
+    return True
 
 
 def connect_all(hosts: Sequence[Host], **kwargs: float) -> dict[str, Connection | ConnectError]:

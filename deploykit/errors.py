@@ -48,8 +48,9 @@ class DeployError(Exception):
         return f"{prefix}{self.message}"
 
 
-class ConfigError(DeployError):
-    """Configuration is missing, unknown or malformed."""
+class ConfigError(DeployError, ValueError):
+    """Configuration is missing, unknown or malformed: also a bad argument to a task
+    (a ValueError too, so plain-Python callers may catch either)."""
 
 
 class InventoryError(DeployError):

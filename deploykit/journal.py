@@ -136,11 +136,12 @@ _T = TypeVar("_T")
 
 
 def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | None = None) -> str:
-    """A deploy id: UTC time plus the short git commit of ``repo_dir``.
+    """A deploy id: UTC time, the short git commit of ``repo_dir`` and a random suffix.
 
-    ``20261125T173000Z-abc1234``; ``20261125T173000Z-nogit`` when ``repo_dir``
-    is not a git work tree (or has no commit, or git is missing). Sortable by
-    time; safe as a file name.
+    ``20261125T173000Z-abc1234-3f9a``; ``20261125T173000Z-nogit-3f9a`` when
+    ``repo_dir`` is not a git work tree (or has no commit, or git is missing).
+    Sortable by time; safe as a file name; two deploys started in the same second
+    never share one (their run reports and logs would overwrite each other).
     """
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
@@ -149,7 +150,8 @@ def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | Non
         sha = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    return f"{stamp}-{sha if re.fullmatch(r'[0-9a-f]{4,40}', sha) else 'nogit'}"
+    commit = sha if re.fullmatch(r"[0-9a-f]{4,40}", sha) else "nogit"
+    return f"{stamp}-{commit}-{_random.token_hex(2)}"
 
 
 def outer_deploy_id() -> str | None:

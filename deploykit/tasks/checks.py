@@ -394,10 +394,10 @@ class ResourcesCheck(Check):
         super().__init__(name=name)
         self.paths = tuple(paths)
         if not self.paths or any(not p.startswith("/") for p in self.paths):
-            raise ValueError(f"resources: paths must be absolute, not {paths!r}")
+            raise ConfigError(f"resources: paths must be absolute, not {paths!r}")
         if min_free_mb < 0 or (min_free_percent is not None
                                and not 0 <= min_free_percent <= 100):
-            raise ValueError("resources: min_free_mb >= 0 and 0 <= min_free_percent <= 100")
+            raise ConfigError("resources: min_free_mb >= 0 and 0 <= min_free_percent <= 100")
         self.min_free_mb = min_free_mb
         self.min_free_percent = min_free_percent
         self.min_memory_mb = min_memory_mb
@@ -486,7 +486,7 @@ def _check_ports(kind: str, ports: Iterable[int]) -> tuple[int, ...]:
     out = tuple(dict.fromkeys(ports))
     for p in out:
         if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536:
-            raise ValueError(f"{kind}: {p!r} is not a TCP port (1-65535)")
+            raise ConfigError(f"{kind}: {p!r} is not a TCP port (1-65535)")
     return out
 
 
@@ -501,10 +501,10 @@ class PortsCheck(Check):
         self.listening = _check_ports("ports", listening)
         self.free = _check_ports("ports", free)
         if not self.listening and not self.free:
-            raise ValueError("ports: give listening= and/or free= ports")
+            raise ConfigError("ports: give listening= and/or free= ports")
         both = set(self.listening) & set(self.free)
         if both:
-            raise ValueError(f"ports: {sorted(both)} cannot be both listening and free")
+            raise ConfigError(f"ports: {sorted(both)} cannot be both listening and free")
 
     def target(self) -> str:
         parts = []
@@ -616,16 +616,16 @@ class EnvSecretsCheck(Check):
                  weak: Iterable[str] = DEFAULT_WEAK_VALUES, name: str | None = None) -> None:
         super().__init__(name=name)
         if not path.startswith("/"):
-            raise ValueError(f"env_secrets: the path must be absolute, not {path!r}")
+            raise ConfigError(f"env_secrets: the path must be absolute, not {path!r}")
         self.path = path
         self.keys = tuple(dict.fromkeys(keys))
         if not self.keys:
-            raise ValueError("env_secrets: give the required keys")
+            raise ConfigError("env_secrets: give the required keys")
         bad = [k for k in self.keys if not _ENV_KEY.match(k)]
         if bad:
-            raise ValueError(f"env_secrets: invalid variable name {bad[0]!r}")
+            raise ConfigError(f"env_secrets: invalid variable name {bad[0]!r}")
         if min_length < 1:
-            raise ValueError("env_secrets: min_length must be at least 1")
+            raise ConfigError("env_secrets: min_length must be at least 1")
         self.min_length = min_length
         self.weak = tuple(w for w in weak if w and "\n" not in w)
 
@@ -697,11 +697,11 @@ class BackupCheck(Check):
                  pattern: str = "*.dump", name: str | None = None) -> None:
         super().__init__(name=name)
         if not directory.startswith("/"):
-            raise ValueError(f"backup: the directory must be absolute, not {directory!r}")
+            raise ConfigError(f"backup: the directory must be absolute, not {directory!r}")
         if "/" in pattern or not pattern:
-            raise ValueError(f"backup: pattern is a file name pattern, not {pattern!r}")
+            raise ConfigError(f"backup: pattern is a file name pattern, not {pattern!r}")
         if max_age_hours <= 0:
-            raise ValueError("backup: max_age_hours must be positive")
+            raise ConfigError("backup: max_age_hours must be positive")
         self.directory = directory.rstrip("/") or "/"
         self.max_age_hours = max_age_hours
         self.pattern = pattern
@@ -856,7 +856,7 @@ class CommandCheck(Check):
         super().__init__(name=name)
         self.cmd = cmd if isinstance(cmd, str) else " ".join(quote(a) for a in cmd)
         if not self.cmd.strip():
-            raise ValueError("command: the command is empty")
+            raise ConfigError("command: the command is empty")
 
     def target(self) -> str:
         line = self.cmd.strip().splitlines()[0]

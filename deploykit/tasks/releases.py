@@ -442,17 +442,23 @@ class InstallTask(_AppTask):
         return plan
 
     def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
+        payload = None
+        if plan.has("release"):
+            try:  # first of all: the bytes checked are the bytes uploaded
+                payload = self.artifact.read_verified()
+            except ConfigError as exc:
+                raise self.error(conn, exc.message) from None
         missing = [p for p in self.shared_files if p not in facts["present"]]
         if missing:
             raise self.error(conn, "shared file(s) missing: " + ", ".join(
                 f"{self.base}/shared/{p}" for p in missing) + "; create them before installing "
                 "(e.g. files.file for the .env)")
-        if not plan.has("release"):
+        if payload is None:
             undo.push(f"restore the shared links of {self.path}",
                       _undo(self._link_script(facts["links"]), self.name))
             conn.run(self._link_script(), task=self.name)
             return
-        self._install(conn, facts["present"], undo)
+        self._install(conn, payload, facts["present"], undo)
 
     def _link_script(self, old: Mapping[str, str] | None = None) -> str:
         """Link each shared path into the release (``old``: put these targets back)."""
@@ -468,7 +474,8 @@ class InstallTask(_AppTask):
                          f"ln -s -- {quote(f'{self.base}/shared/{p}')} {inside}")
         return "\n".join(lines)
 
-    def _install(self, conn: Connection, present: set[str], undo: UndoStack) -> None:
+    def _install(self, conn: Connection, payload: bytes, present: set[str],
+                 undo: UndoStack) -> None:
         rel, tarball = quote(self.path), quote(f"{self.base}/releases/.{self.release_id}.tar.gz")
         shared_dirs = " ".join(quote(f"{self.base}/shared/{p}") for p in self.shared_dirs)
         new_dirs = [quote(f"{self.base}/shared/{p}") for p in self.shared_dirs
@@ -479,8 +486,7 @@ class InstallTask(_AppTask):
                   _undo(f"rm -rf -- {rel} {tarball}{forget}", self.name))
         conn.run(f"rm -rf -- {rel} && mkdir -p -- {quote(self.base + '/releases')} "
                  f"{shared_dirs}", task=self.name)
-        conn.put(self.artifact.path, f"{self.base}/releases/.{self.release_id}.tar.gz",
-                 mode=0o600)
+        conn.put(payload, f"{self.base}/releases/.{self.release_id}.tar.gz", mode=0o600)
         record = "".join(f"{k}={v}\\n" for k, v in (
             ("app", self.app), ("release", self.release_id), ("version", self.artifact.version),
             ("sha256", self.artifact.sha256)))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from deploykit.connection import CommandResult, Connection
-from deploykit.errors import DeployError, TaskError
+from deploykit.errors import ConfigError, DeployError, TaskError
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret
 from deploykit.shell import join, join_redacted, quote
@@ -65,20 +65,20 @@ def _check_account_name(kind: str, name: str) -> None:
     """Refuse names useradd/groupadd would refuse, or that getent would read as an id."""
     if (not name or len(name) > 32 or name.startswith("-") or name in (".", "..")
             or name.isdigit() or _BAD_ACCOUNT_CHARS.search(name)):
-        raise ValueError(
+        raise ConfigError(
             f"invalid {kind} name {name!r}: 1-32 characters, not all digits, not starting "
             f"with '-', and no whitespace, ':', ',' or '/'")
 
 
 def _check_state(state: str) -> None:
     if state not in ("present", "absent"):
-        raise ValueError(f"state must be 'present' or 'absent', not {state!r}")
+        raise ConfigError(f"state must be 'present' or 'absent', not {state!r}")
 
 
 def _check_id(kind: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or value < 0):
-        raise ValueError(f"{kind} must be a non-negative integer, not {value!r}")
+        raise ConfigError(f"{kind} must be a non-negative integer, not {value!r}")
 
 
 def _tagged(tag: str, script: str) -> str:
@@ -123,21 +123,21 @@ class CommandTask(Task):
         super().__init__(name=name)
         if isinstance(cmd, str):
             if not cmd.strip():
-                raise ValueError("command: the command is empty")
+                raise ConfigError("command: the command is empty")
             self.cmd: str | tuple[str | Secret, ...] = cmd
         else:
             self.cmd = tuple(cmd)
             if not self.cmd:
-                raise ValueError("command: the argument list is empty")
+                raise ConfigError("command: the argument list is empty")
             for arg in self.cmd:
                 if not isinstance(arg, str | Secret):
                     raise TypeError(f"command: arguments are str or Secret, not {arg!r}")
         for key in env or {}:
             if not _ENV_KEY.match(key):
-                raise ValueError(f"command: invalid environment variable name {key!r}")
+                raise ConfigError(f"command: invalid environment variable name {key!r}")
         for guard, value in (("unless", unless), ("only_if", only_if)):
             if value is not None and not value.strip():
-                raise ValueError(f"command: {guard} is an empty shell test")
+                raise ConfigError(f"command: {guard} is an empty shell test")
         self.creates = creates
         self.removes = removes
         self.unless = unless
@@ -414,7 +414,7 @@ class UserTask(Task):
         for what, path in (("home", home), ("shell", shell)):
             if path is not None and (not path.startswith("/") or ":" in path
                                      or "\n" in path):
-                raise ValueError(f"{what} must be an absolute path without ':', not {path!r}")
+                raise ConfigError(f"{what} must be an absolute path without ':', not {path!r}")
         self.user_name = user_name
         self.state = state
         self.uid = uid
@@ -706,10 +706,10 @@ class PackageTask(Task):
         super().__init__(name=name)
         self.names = (names,) if isinstance(names, str) else tuple(dict.fromkeys(names))
         if not self.names or any(not n or n != n.strip() for n in self.names):
-            raise ValueError(f"package: give one or more package names, not {names!r}")
+            raise ConfigError(f"package: give one or more package names, not {names!r}")
         _check_state(state)
         if version is not None and (len(self.names) != 1 or state != "present"):
-            raise ValueError("package: version= needs exactly one package and state='present'")
+            raise ConfigError("package: version= needs exactly one package and state='present'")
         self.state = state
         self.version = version
 

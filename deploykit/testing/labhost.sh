@@ -23,7 +23,11 @@ pidfile() {
 
 running() {
   f=$(pidfile "$1")
-  [ -s "$f" ] && kill -0 "$(head -n 1 "$f")" 2>/dev/null
+  [ -s "$f" ] || return 1
+  pid=$(head -n 1 "$f")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+  [ "$state" != Z ] && [ "$state" != X ]   # a killed daemon left as a zombie is not running
 }
 
 start_one() {

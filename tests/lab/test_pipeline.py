@@ -542,7 +542,7 @@ def test_backup_restore_verify_and_config_commands(pipeline: Pipeline) -> None:
     backup = pipeline.cli("backup")
     assert backup.returncode == 0, backup.stderr
     path = re.search(r": (/var/backups/\S+\.dump) ", backup.stdout).group(1)  # type: ignore[union-attr]
-    assert re.fullmatch(rf"/var/backups/{APP}/{APP}-manual-\d{{8}}T\d{{6}}Z-\w+\.dump", path)
+    assert re.fullmatch(rf"/var/backups/{APP}/{APP}-manual-\d{{8}}T\d{{6}}Z-[\w-]+\.dump", path)
     assert pipeline.infra("db-1").file(path).exists
     pipeline.add_item("after-the-backup")
     restored = pipeline.cli("restore", "--backup", path, "--yes")

@@ -95,8 +95,6 @@ def test_a_tampered_artifact_is_refused_before_use(artifact: Artifact, tmp_path:
 
 
 @pytest.mark.lab
-@pytest.mark.xfail(reason="needs fix: releases.InstallTask._install must upload "
-                          "artifact.read_verified(), not re-read artifact.path", strict=True)
 def test_installing_a_tampered_artifact_unpacks_nothing(
         artifact: Artifact, tmp_path: Path,
         lab_connection: Callable[[str], Connection]) -> None:

@@ -113,9 +113,6 @@ def test_names_that_become_commands_are_refused_or_quoted(
     assert not bad, bad
 
 
-@pytest.mark.xfail(reason="needs fix: tasks/system.py _check_account_name (and its other "
-                          "argument checks) raise ValueError, not ConfigError: the CLI shows a "
-                          "traceback", strict=True)
 def test_hostile_user_and_group_names_are_refused_with_a_deploy_error(web: Connection) -> None:
     assert outcome(lambda: system.user(PAYLOADS[0]).run(web)) == "refused"
     assert outcome(lambda: system.group(PAYLOADS[0]).run(web)) == "refused"

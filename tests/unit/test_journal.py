@@ -80,14 +80,17 @@ def test_deploy_id_is_utc_time_and_short_sha(tmp_path: Path) -> None:
     git(tmp_path, "add", "f")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "m")
     sha = git(tmp_path, "rev-parse", "--short=7", "HEAD")
-    assert journal.new_deploy_id(tmp_path, now=NOW) == f"20261125T173000Z-{sha}"
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{7}", journal.new_deploy_id(tmp_path))
+    assert re.fullmatch(rf"20261125T173000Z-{sha}-[0-9a-f]{{4}}",
+                        journal.new_deploy_id(tmp_path, now=NOW))
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{7}-[0-9a-f]{4}", journal.new_deploy_id(tmp_path))
 
 
 def test_deploy_id_falls_back_to_nogit(tmp_path: Path) -> None:
-    assert journal.new_deploy_id(tmp_path, now=NOW) == "20261125T173000Z-nogit"
+    assert re.fullmatch(r"20261125T173000Z-nogit-[0-9a-f]{4}",
+                        journal.new_deploy_id(tmp_path, now=NOW))
     git(tmp_path, "init", "-q")  # a repository without any commit
-    assert journal.new_deploy_id(tmp_path, now=NOW) == "20261125T173000Z-nogit"
+    assert re.fullmatch(r"20261125T173000Z-nogit-[0-9a-f]{4}",
+                        journal.new_deploy_id(tmp_path, now=NOW))
 
 
 # -- entries and history parsing ----------------------------------------------------------------

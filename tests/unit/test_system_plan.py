@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from deploykit.connection import CommandResult, Connection, LoggedCommand
-from deploykit.errors import RemoteCommandError, TaskError
+from deploykit.errors import ConfigError, RemoteCommandError, TaskError
 from deploykit.result import Status
 from deploykit.secrets import Secret, redact
 from deploykit.shell import Command, quote, render
@@ -88,13 +88,13 @@ def test_long_or_multiline_command_is_shortened_in_the_name_only() -> None:
 def test_env_secrets_are_task_secrets_and_bad_env_names_are_refused() -> None:
     task = system.command("deploy", env={"TOKEN": Secret("s3cret"), "MODE": "fast"})
     assert task.secrets == [Secret("s3cret")]
-    with pytest.raises(ValueError, match="invalid environment variable name"):
+    with pytest.raises(ConfigError, match="invalid environment variable name"):
         system.command("deploy", env={"X; rm -rf /": "1"})
 
 
 @pytest.mark.parametrize("bad", ["", "   ", []])
 def test_empty_command_is_refused(bad: str | list[str]) -> None:
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         system.command(bad)
 
 
@@ -318,18 +318,18 @@ def test_user_apply_builds_quoted_commands_and_undo() -> None:
 
 @pytest.mark.parametrize("bad", ["", PWNED, "-rf", "a:b", "a/b", "1234", "x" * 33, "a b"])
 def test_bad_account_names_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="invalid user name"):
+    with pytest.raises(ConfigError, match="invalid user name"):
         system.user(bad)
-    with pytest.raises(ValueError, match="invalid group name"):
+    with pytest.raises(ConfigError, match="invalid group name"):
         system.group(bad)
 
 
 def test_bad_user_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="state"):
+    with pytest.raises(ConfigError, match="state"):
         system.user("app", state="gone")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="uid"):
+    with pytest.raises(ConfigError, match="uid"):
         system.user("app", uid=-1)
-    with pytest.raises(ValueError, match="shell must be an absolute path"):
+    with pytest.raises(ConfigError, match="shell must be an absolute path"):
         system.user("app", shell="bash")  # noqa: S604 (a login shell)
     with pytest.raises(TypeError, match="list of group names"):
         system.user("app", groups="adm")
@@ -427,7 +427,7 @@ def test_package_version_prefix() -> None:
     task = system.package("libc6", version="2.37")
     with pytest.raises(TaskError, match=r"libc6 is version 2.36-9\+deb12u14, not 2.37\*"):
         task.plan(fake(), task.parse(DPKG_OUT))
-    with pytest.raises(ValueError, match="exactly one package"):
+    with pytest.raises(ConfigError, match="exactly one package"):
         system.package(["a", "b"], version="1")
 
 
