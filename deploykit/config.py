@@ -44,7 +44,7 @@ Example::
     web: web                      # selector of the hosts running the app
     db: db                        # selector of the one database host
     database: {name: sampleapp}
-    env:                          # the app's .env, written 0640 on every web host
+    env:                          # the app's .env, written 0600 (app user) on every web host
       DATABASE_URL: ${database_url}
       REDIS_URL: ${redis_url}
       SECRET_KEY: ${env:SAMPLEAPP_SECRET_KEY}
@@ -176,6 +176,8 @@ SCHEMA: dict[str, Key] = {
     "lock_ttl_minutes": Key("number", 60, "a lock older than this is reported as stale"),
     "hooks_dir": Key("text", "hooks", "executables run at hook points (pre_deploy, ...)"),
     "hook_timeout": Key("number", 300, "seconds one hook may run before it counts as failed"),
+    "verify_suite": Key("text?", None, "a testinfra suite gating every deploy: its pre_switch "
+                                       "tests on the idle colour, post_switch after the switch"),
     "database": Key("section", {}, "see database.*"),
     "preflight": Key("section", {}, "see preflight.*"),
     "notify": Key("section", {}, "see notify.*"),
@@ -383,6 +385,7 @@ class DeployConfig:
     lock_ttl_minutes: float
     hooks_dir: Path | None = None
     hook_timeout: float = 300.0
+    verify_suite: Path | None = None
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
@@ -459,6 +462,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
         lock_ttl_minutes=float(values["lock_ttl_minutes"]),
         hooks_dir=(base / values["hooks_dir"]).resolve(),
         hook_timeout=float(values["hook_timeout"]),
+        verify_suite=(base / values["verify_suite"]).resolve() if values["verify_suite"] else None,
         database=DatabaseConfig(**sections["database"]),
         preflight=PreflightConfig(**{**pre, "min_disk_mb": int(pre["min_disk_mb"])}),
         notify=NotifyConfig(**{**sections["notify"],

@@ -61,6 +61,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploykit import artifacts, journal, pg, retry
+from deploykit import verify as suites
 from deploykit.artifacts import Artifact
 from deploykit.cli import reports_errors
 from deploykit.config import (
@@ -409,7 +410,9 @@ class Project:
             server_name=c.server_name, health_path=c.health_path, version_path=c.version_path,
             health_retries=c.health_retries, health_interval=c.health_interval,
             latency_budget_ms=c.latency_budget_ms, verify_requests=c.verify_requests,
-            grace_seconds=c.grace_seconds, keep_releases=c.keep_releases)
+            grace_seconds=c.grace_seconds, keep_releases=c.keep_releases,
+            verify_suite=str(c.verify_suite) if c.verify_suite else None,
+            verify_report_dir=str(c.runs))
 
     def notifier(self) -> notify.Notifier | None:
         """The configured webhooks, or None."""
@@ -1548,6 +1551,20 @@ def verify_fleet(project: Project, out: Output) -> bool:
     return good
 
 
+def verify_suite(project: Project, out: Output, suite: str, *,
+                 marker: str | None = None) -> bool:
+    """``invoke verify --suite``: the testinfra ``suite`` on the web hosts, in parallel
+    (bounded); a table per host; JUnit XML, JSON results and the run report in the runs
+    directory. True when every host passed."""
+    run_id = f"verify-{journal.new_deploy_id(project.config.root)}"
+    result = suites.verify_hosts(project.web, suite, marker=marker,
+                                 context=suites.DeployContext(app=project.app),
+                                 report_dir=project.config.runs, run_id=run_id)
+    out.table(result.table())
+    out.line(f"JUnit XML: {result.junit_path}; results: {result.json_path}")
+    return result.ok
+
+
 # == the invoke tasks =========================================================================
 
 
@@ -1755,12 +1772,26 @@ def restore_task(c: Context, backup: str | None = None, yes: bool = False) -> No
     _exit_for(summary)
 
 
-@task(name="verify")
+@task(name="verify", help={
+    "host": "verify these hosts only (a selector: web-1 or web-1,web-2)",
+    "group": "verify this group (default: web from deploykit.yml)",
+    "suite": "run this testinfra suite (a directory or file) on the hosts instead: a table "
+             "per host, JUnit XML and JSON in the runs directory",
+    "marker": "with --suite: only the tests this pytest -m expression selects "
+              "(pre_switch, post_switch)"})
 @reports_errors
-def verify_task(c: Context) -> None:
-    """Health and version of every web host, through nginx."""
-    project = _project(c)
-    if not verify_fleet(project, Output(secrets=project.known_secrets())):
+def verify_task(c: Context, host: str | None = None, group: str | None = None,
+                suite: str | None = None, marker: str | None = None) -> None:
+    """Health and version of every web host through nginx, or a testinfra suite (--suite)."""
+    project = _project(c, host, group)
+    out = Output(secrets=project.known_secrets())
+    if suite is not None:
+        if not verify_suite(project, out, suite, marker=marker):
+            raise TaskError("verification failed (see above)")
+        return
+    if marker is not None:
+        raise ConfigError("--marker selects tests of a --suite")
+    if not verify_fleet(project, out):
         raise TaskError("verification failed (see above)")
 
 

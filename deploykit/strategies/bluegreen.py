@@ -26,6 +26,15 @@ nginx sends all traffic to the active colour (``nginx.switch``). A deploy:
 5. **finish**: ``current`` points at the new release, old releases are pruned;
    after ``grace_seconds`` the old colour's program is stopped.
 
+**Suite gates** (``verify_suite``: a testinfra suite, see :mod:`deploykit.verify`):
+its ``pre_switch`` tests run against the idle colour at the end of **prepare**
+(after the health gate): a failure there is a failed health gate, traffic never
+moves. Its ``post_switch`` tests run at the end of **switch** (after the checks
+through nginx, with ``current`` already on the new release): a failure there is a
+failed verification, every host is switched back. Canary and rolling deploys get
+the same gates from :class:`_Deploy`. Each gate's JUnit XML and JSON results go to
+``verify_report_dir`` as ``<deploy id>.<marker>.junit.xml`` / ``.json``.
+
 Every phase is a :class:`~deploykit.runner.Runner` run over one SSH connection
 per host; :class:`DeployOutcome` merges their reports (per-step timings) and
 says what happened and where traffic is.
@@ -33,6 +42,7 @@ says what happened and where traffic is.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -44,13 +54,16 @@ from deploykit.artifacts import Artifact, unpack_migrations
 from deploykit.connection import Connection, LoggedCommand, connect_all
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
+from deploykit.journal import RUNS_DIR
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import Runner, step
 from deploykit.secrets import Secret
 from deploykit.task import Task
 from deploykit.tasks import files, http, migrations, nginx, postgres, redis, releases, services
+from deploykit.verify import DeployContext, SuiteTask, Verification, suite_task
 
+log = logging.getLogger(__name__)
 COLORS = ("blue", "green")
 WAITS = ("health gate", "verify")
 """Steps whose names start so wait on the app (health gates, verification)."""
@@ -63,7 +76,11 @@ class BlueGreen:
 
     ``command`` runs in the release directory; a relative first element is
     taken from the release (``venv/bin/gunicorn``). The colour's port reaches
-    the program as ``PORT`` in its environment.
+    the program as ``PORT`` in its environment. The shared ``.env`` gets
+    ``env_mode`` (0600), group ``app_user`` and owner ``env_owner`` (None: the
+    app user, who alone reads it). ``verify_suite`` (a testinfra suite directory or
+    file) gates the switch with its ``pre_switch`` and ``post_switch`` tests (see the
+    module docstring).
     """
 
     app: str
@@ -85,10 +102,17 @@ class BlueGreen:
     keep_releases: int = 5
     startsecs: int = 2
     startretries: int = 1
+    env_mode: int = 0o600
+    env_owner: str | None = None
+    verify_suite: str | None = None
+    verify_timeout: float = 300.0
+    verify_report_dir: str = str(RUNS_DIR)
 
     def __post_init__(self) -> None:
         if sorted(self.ports) != sorted(COLORS):
             raise ConfigError(f"ports must name blue and green, not {sorted(self.ports)}")
+        if self.verify_suite is not None and not Path(self.verify_suite).exists():
+            raise ConfigError(f"verify_suite {self.verify_suite!r} not found")
 
     @property
     def release_id(self) -> str:
@@ -115,6 +139,8 @@ class DeployOutcome:
     do sends no write command."""
     waits: dict[str, float] = field(default_factory=dict)
     """Per phase, the seconds its slowest host spent in health gates and verification."""
+    verifications: dict[str, Verification] = field(default_factory=dict)
+    """Per gate marker (``pre_switch``, ``post_switch``), the suite's results on every host."""
 
     @property
     def ok(self) -> bool:
@@ -151,6 +177,7 @@ class _Deploy:
         self.waits: dict[str, float] = {}
         self.conns: dict[str, Connection] = {}
         self.workdir = ""
+        self.verifications: dict[str, Verification] = {}
 
     # -- running phases ----------------------------------------------------------
 
@@ -162,6 +189,7 @@ class _Deploy:
                         reporter=self.reporter, run_id=self.report.run_id)
         part = runner.run(hosts, connections=self.conns)
         self.report.merge(part)
+        self.record_gates(steps)
         self.phases[name] = time.monotonic() - started
         waited = max((sum(r.duration for r in entry.results if r.task.startswith(WAITS))
                       for entry in part.hosts.values()), default=0.0)
@@ -174,7 +202,44 @@ class _Deploy:
         self.report.finish()
         logs = {name: list(conn.log) for name, conn in self.conns.items()}
         return DeployOutcome(result, color, previous, self.report, self.phases, message, logs,
-                             self.waits)
+                             self.waits, dict(self.verifications))
+
+    # -- suite gates -------------------------------------------------------------
+
+    def suite_step(self, marker: str, color: str | None, port: int) -> SuiteTask | None:
+        """The ``marker`` tests of ``verify_suite`` as a step (None without a suite):
+        what they verify is this release on ``color`` (None: the single-colour layout)."""
+        plan = self.plan
+        if plan.verify_suite is None:
+            return None
+        context = DeployContext(app=plan.app, version=plan.artifact.version,
+                                release=plan.release_id, color=color, port=port,
+                                program=plan.program(color) if color else plan.app,
+                                phase=marker)
+        return suite_task(plan.verify_suite, marker=marker, context=context,
+                          timeout=plan.verify_timeout,
+                          name=f"verify: suite {marker}" + (f" on {color}" if color else ""))
+
+    def record_gates(self, steps: Sequence[object]) -> None:
+        """After a phase: add its suite gates' results to :attr:`verifications` and write
+        them (JUnit XML, JSON) to ``verify_report_dir``."""
+        for task in steps:
+            if not isinstance(task, SuiteTask) or task.marker is None:
+                continue
+            run = task.combined()
+            if run is None:
+                continue
+            task.runs.clear()  # a later phase (rolling's next batch) adds its own hosts
+            kept = self.verifications.setdefault(task.marker,
+                                                 Verification(task.suite, task.marker))
+            kept.merge(run)
+            kept.hosts = {h.name: kept.hosts[h.name] for h in self.web if h.name in kept.hosts}
+            base = Path(self.plan.verify_report_dir) / f"{self.report.run_id}.{task.marker}"
+            try:
+                kept.write(f"{base}.junit.xml", f"{base}.json", secrets=self.report.secrets)
+            except OSError as exc:
+                log.warning("cannot write the %s results to %s: %s", task.marker,
+                            self.plan.verify_report_dir, exc)
 
     def fail_host(self, host: str, message: str) -> None:
         self.report.add(Result(host, "blue/green", Status.FAILED, message=message))
@@ -269,15 +334,23 @@ class _Deploy:
                                 f"{self.why(part)}; traffic switched back to "
                                 f"{active or 'nothing'}")
 
-        self.phase("finish", [releases.switch(plan.app, plan.release_id),
-                              releases.cleanup(plan.app, keep=plan.keep_releases)], self.web)
+        self.phase("finish", self.finish_steps(), self.web)
         if active is not None:
             time.sleep(plan.grace_seconds)
-            self.phase("stop old colour", [services.service(plan.program(active), "stopped",
-                                                            name=f"stop {active}")], self.web)
+            self.phase("stop old colour", self.stop_steps(active), self.web)
         return self.outcome("deployed", idle, active,
                             f"{plan.release_id} serves on {idle}"
                             + (f"; {active} stopped" if active else ""))
+
+    def finish_steps(self) -> list[object]:
+        """After a good switch: ``current`` at the new release, old releases pruned."""
+        plan = self.plan
+        return [releases.switch(plan.app, plan.release_id),
+                releases.cleanup(plan.app, keep=plan.keep_releases)]
+
+    def stop_steps(self, color: str) -> list[object]:
+        """After the grace period: the old colour stopped."""
+        return [services.service(self.plan.program(color), "stopped", name=f"stop {color}")]
 
     def _already_live(self, active: str) -> bool:
         """True when every host's ``active`` link points at this artifact's release."""
@@ -322,7 +395,9 @@ class _Deploy:
         shared = f"{releases.DEFAULT_ROOT}/{plan.app}/shared"
         env = plan.env if isinstance(plan.env, Secret) else Secret(plan.env)
         return [files.directory(shared, mode=0o755, recursive=True),
-                files.file(f"{shared}/.env", env, mode=0o640, group=plan.app_user)]
+                files.file(f"{shared}/.env", env, mode=plan.env_mode,
+                           owner=plan.env_owner or plan.app_user,
+                           group=plan.app_user)]
 
     def check_steps(self, idle: str) -> list[object]:
         plan = self.plan
@@ -350,6 +425,9 @@ class _Deploy:
                 f"http://127.0.0.1:{port}{plan.health_path}", json_expect={"status": "ok"},
                 retries=plan.health_retries, interval=plan.health_interval, via_ssh=True,
                 name=f"health gate: {color} {plan.health_path}"))
+            suite = self.suite_step("pre_switch", color, port)
+            if suite is not None:
+                steps.append(suite)
         return steps
 
     def switch_steps(self, color: str, *, verify: bool, site_first: bool = False) -> list[object]:
@@ -378,6 +456,9 @@ class _Deploy:
                 f"http://{{address}}{plan.version_path}", n=plan.verify_requests, concurrency=4,
                 max_error_rate=0.0, max_p95=plan.latency_budget_ms / 1000,
                 max_duration=60.0, name="verify: latency through nginx")))
+        suite = self.suite_step("post_switch", color, plan.ports[color])
+        if suite is not None:  # what it verifies includes current -> the new release
+            steps += [releases.switch(plan.app, plan.release_id), suite]
         return steps
 
 

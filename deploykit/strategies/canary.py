@@ -8,9 +8,10 @@ traffic to it in weighted steps (default 5 -> 25 -> 50 -> 100 %). A deploy:
    fleet, and there must be one (the first release goes out with blue/green). When
    the stable colour already runs this artifact, only the traffic is re-asserted.
 2. **database** (when ``release.database`` is set): as for blue/green.
-3. **prepare** the canary colour on every web host (release, program, health gate),
-   and the analysis log (:func:`~deploykit.strategies.analysis.access_log`). Any
-   failure: the canary colour is put back as it was, traffic never moved.
+3. **prepare** the canary colour on every web host (release, program, health gate,
+   the ``verify_suite``'s ``pre_switch`` tests), and the analysis log
+   (:func:`~deploykit.strategies.analysis.access_log`). Any failure: the canary
+   colour is put back as it was, traffic never moved.
 4. **steps**: for each weight, ``nginx.weights`` on every host (tested, reloaded,
    verified; the marker keeps naming the stable colour), then an **analysis
    window**: wait ``window`` seconds, read every host's new log lines (one read-only
@@ -20,8 +21,10 @@ traffic to it in weighted steps (default 5 -> 25 -> 50 -> 100 %). A deploy:
    ``max_extensions`` more windows; still too few is **inconclusive**: rolled back
    (or paused, with ``on_inconclusive="pause"``), never promoted.
 5. **promote** when every step passed: ``nginx.switch`` to the canary colour (it
-   becomes the active one), ``current`` points at the release, old releases are
-   pruned; after ``grace_seconds`` the old colour's program is stopped.
+   becomes the active one), ``current`` points at the release, the ``verify_suite``'s
+   ``post_switch`` tests run (failing: rolled back as below, the release marked
+   failed), old releases are pruned; after ``grace_seconds`` the old colour's
+   program is stopped.
    **Roll back** at the first failing step: ``nginx.switch`` back to the stable
    colour (the canary's weight goes to nothing), the canary's program is stopped
    and the release marked failed (not when the step was only inconclusive or the
@@ -465,14 +468,25 @@ class _Canary(_Deploy):
                          f"{canary} stopped", weight)
 
     def promote_now(self, stable: str, canary: str) -> CanaryOutcome:
-        """Every step passed: the canary colour becomes the active one."""
+        """Every step passed: the canary colour becomes the active one (then, with a
+        ``verify_suite``, its ``post_switch`` tests: failing, everything is rolled back)."""
         plan = self.plan
-        if self.phase("promote", [
+        steps: list[Task] = [
             nginx.switch(plan.app, canary, colors=plan.ports,
                          name=f"nginx: all traffic to {canary}"),
             releases.switch(plan.app, plan.release_id),
-            releases.cleanup(plan.app, keep=plan.keep_releases),
-        ], self.web).failed:
+        ]
+        gate = self.suite_step("post_switch", canary, plan.ports[canary])
+        if gate is not None:
+            steps.append(gate)
+        steps.append(releases.cleanup(plan.app, keep=plan.keep_releases))
+        part = self.phase("promote", steps, self.web)
+        if part.failed:
+            if gate is not None and any(r.failed and r.task == gate.name
+                                        for h in part.hosts.values() for r in h.results):
+                # the promote phase's undo put the last step's weights back
+                return self.roll_back(stable, canary, f"post-switch verification failed: "
+                                      f"{self.why(part)}", self.canary.steps[-1], mark=True)
             return self.done("failed", None, stable,
                              f"promoting {plan.release_id} failed (see the report); the "
                              "upstream keeps the last step's weights")

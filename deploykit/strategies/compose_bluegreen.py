@@ -37,11 +37,9 @@ from deploykit.connection import Connection, connect_all
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
-from deploykit.result import RunReport
 from deploykit.runner import Step
 from deploykit.secrets import Secret
 from deploykit.strategies.bluegreen import COLORS, BlueGreen, DeployOutcome, _Deploy, other
-from deploykit.task import Task
 from deploykit.tasks import compose, files, http, nginx
 
 __all__ = ["ComposeBlueGreen", "ComposeRelease", "DeployOutcome", "deploy", "other",
@@ -168,17 +166,6 @@ class _ComposeDeploy(_Deploy):
         super().__init__(plan, web, None, deploy_id=deploy_id, check=check,  # type: ignore[arg-type]
                          reporter=reporter, forks=forks)
         self.report.secrets.extend(v for v in plan.env.values() if isinstance(v, Secret))
-        self.idle: str | None = None
-
-    # the base class's phases, with compose steps where it has release steps
-    def phase(self, name: str, steps: Sequence[Task | object], hosts: Sequence[Host], *,
-              undo: str = "fleet") -> RunReport:  # type: ignore[override]
-        if name == "finish":
-            steps = self.finish_steps()
-        elif name == "stop old colour" and self.idle is not None:
-            steps = [compose.down(self.plan.project(other(self.idle)),
-                                  name=f"stop {other(self.idle)}")]
-        return super().phase(name, steps, hosts, undo=undo)  # type: ignore[arg-type]
 
     def _already_live(self, active: str) -> bool:
         """True when every host's active colour runs this release."""
@@ -209,8 +196,6 @@ class _ComposeDeploy(_Deploy):
     def prepare_steps(self, color: str, *, gate: bool) -> list[object]:
         plan = self.plan
         project = plan.project(color)
-        if gate:
-            self.idle = color
         steps: list[object] = [
             *self.image_steps(),
             compose.up(project, plan.release.files, plan.color_env(color),
@@ -230,7 +215,12 @@ class _ComposeDeploy(_Deploy):
             ]
         return steps
 
+    def stop_steps(self, color: str) -> list[object]:
+        """After the grace period: the old colour's project down."""
+        return [compose.down(self.plan.project(color), name=f"stop {color}")]
+
     def finish_steps(self) -> list[object]:
+        """After a good switch: image versions beyond ``keep_images`` pruned."""
         return [Step(compose.prune_images(repo, keep=self.plan.keep_images),
                      name=f"prune images {repo}") for repo in self.plan.repositories()]
 

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import yaml
 
@@ -375,7 +376,8 @@ def compose_stack(project: str, files: compose.ComposeFiles,
     stack = []
     for name in order:
         extra = (checks or {}).get(name, [])
-        own = list(extra) if isinstance(extra, list | tuple) else [extra]
+        own: list[Check] = list(extra) if isinstance(extra, list | tuple) else [
+            cast(Check, extra)]
         stack.append(Service(
             name, hosts,
             compose.up(project, loaded, env or {}, [name], name=f"start {name}"),

@@ -22,11 +22,15 @@ A deploy:
      release, ``current`` -> it, the program's config -> it (supervisor restarts
      the program on the config change, and nothing restarts when nothing
      changed), **health gate** (HTTP JSON ``status: ok`` on the host's port, then
-     the new version); a host that fails is put back as it was by its own undo
-     (program, link, release directory);
+     the new version, then the ``verify_suite``'s ``pre_switch`` tests); a host
+     that fails is put back as it was by its own undo (program, link, release
+     directory);
    * **undrain** the hosts that passed, and those a failure put back that pass
      the health gate again on their old release (others stay drained, in the
      report as ``drained``).
+
+   * **verify** (with a ``verify_suite``): its ``post_switch`` tests on the hosts
+     back in service; any failure stops the deploy and rolls back as below.
 
    When the failed hosts exceed ``max_fail_percentage`` of the fleet, the deploy
    **stops**: no further batch starts, and the hosts already updated are **rolled
@@ -49,6 +53,7 @@ from deploykit.artifacts import Artifact
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
+from deploykit.journal import RUNS_DIR
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import batches
@@ -89,6 +94,11 @@ class Rolling:
     keep_releases: int = 5
     startsecs: int = 2
     startretries: int = 1
+    env_mode: int = 0o600
+    env_owner: str | None = None
+    verify_suite: str | None = None
+    verify_timeout: float = 300.0
+    verify_report_dir: str = str(RUNS_DIR)
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) \
@@ -125,7 +135,10 @@ class Rolling:
                          version_path=self.version_path, health_retries=self.health_retries,
                          health_interval=self.health_interval,
                          keep_releases=self.keep_releases, startsecs=self.startsecs,
-                         startretries=self.startretries)
+                         startretries=self.startretries, env_mode=self.env_mode,
+                         env_owner=self.env_owner, verify_suite=self.verify_suite,
+                         verify_timeout=self.verify_timeout,
+                         verify_report_dir=self.verify_report_dir)
 
 
 @dataclass
@@ -202,7 +215,7 @@ class _Rolling(_Deploy):
             return self.outcome("failed", None, None, f"inspecting the hosts failed; nothing "
                                 f"was changed: {exc}")
         if all(live.values()):
-            part = self.phase("re-assert", self.host_steps(), self.web)
+            part = self.phase("re-assert", self.host_steps(gate=False), self.web)
             self.started.update(h.name for h in self.web)
             if part.failed:
                 return self.outcome("failed", None, None,
@@ -276,7 +289,7 @@ class _Rolling(_Deploy):
         self.broken += [h.name for h in bad if part.hosts[h.name].undo_failed
                         or part.hosts[h.name].unreachable]
         if self.balancer is None:
-            return None
+            return self.verify_batch(number, good)
         back = list(good)
         restored = [h for h in bad if self.previous[h.name] is not None
                     and not part.hosts[h.name].undo_failed and not part.hosts[h.name].unreachable]
@@ -289,7 +302,18 @@ class _Rolling(_Deploy):
                                [self.balancer], undo="none").failed:
             self.drained += [h.name for h in back]
             return f"undraining batch {number} on {self.balancer.name} failed"
-        return None
+        return self.verify_batch(number, good)
+
+    def verify_batch(self, number: int, hosts: Sequence[Host]) -> str | None:
+        """The ``post_switch`` tests on a batch's updated hosts (serving again): a reason
+        to stop (and roll back) when one fails, else None."""
+        gate = self.suite_step("post_switch", None, self.rolling.port)
+        if gate is None or not hosts:
+            return None
+        part = self.phase(f"batch {number}: verify", [gate], hosts, undo="none")
+        if not part.failed:
+            return None
+        return f"post-switch verification failed: {self.why(part)}"
 
     def stop(self, number: int, reason: str) -> DeployOutcome:
         """Stop after batch ``number``: roll the updated hosts back, newest batch first."""
@@ -364,9 +388,11 @@ class _Rolling(_Deploy):
                                   interval=p.health_interval, via_ssh=True, in_check_mode=False,
                                   name=f"health gate: {what}")
 
-    def host_steps(self) -> list[object]:
-        """Deploy the release on a host, health-gated."""
+    def host_steps(self, *, gate: bool = True) -> list[object]:
+        """Deploy the release on a host, health-gated (``gate``: and the suite's
+        ``pre_switch`` tests)."""
         p = self.rolling
+        suite = self.suite_step("pre_switch", None, p.port) if gate else None
         return [
             *self.env_steps(),
             releases.install(p.app, p.artifact),
@@ -377,6 +403,7 @@ class _Rolling(_Deploy):
                                      p.artifact.version, retries=5, interval=0.2, via_ssh=True,
                                      in_check_mode=False,
                                      name=f"health gate: version {p.artifact.version}"),
+            *([suite] if suite is not None else []),
         ]
 
     def rollback_steps(self, previous: str) -> list[object]:

@@ -632,22 +632,25 @@ class WaitHealthyTask(Task):
         """Poll on the host (one command) until healthy, failed or timed out."""
         script = (f"end=$(($(date +%s) + {max(1, int(self.timeout + 0.999))})); "
                   f"while :; do out=$({_containers_script(self.project)}); "
-                  "echo \"$out\" | grep -q '|unhealthy|\\||exited|\\||dead|' && break; "
-                  f"{self._done_test()} && break; "
+                  f"[ \"$(echo \"$out\" | {self._verdict_awk()})\" != waiting ] && break; "
                   "[ $(date +%s) -ge $end ] && break; "
                   f"sleep {self.interval:g}; done; echo \"$out\"")
         out = conn.run(script, write=False, check=False, timeout=self.timeout + 30,
                        task=self.name).stdout
         return self.parse(out)
 
-    def _done_test(self) -> str:
-        """Shell: true when every container of the services is running and healthy/none."""
+    def _verdict_awk(self) -> str:
+        """awk printing :meth:`_verdict` on the host (``healthy``, ``waiting``, ``failed``),
+        over the listed services' containers only (another service's unhealthy container
+        is not theirs to wait on)."""
         want = " ".join(quote(s) for s in self.services)
-        return ("[ -n \"$out\" ] && ! echo \"$out\" | awk -F'|' -v want=" + quote(want)
+        return ("awk -F'|' -v want=" + quote(want)
                 + " 'BEGIN { n = split(want, w, \" \"); for (i = 1; i <= n; i++) need[w[i]] = 1 }"
-                " { s = substr($1, 5); if (n && !(s in need)) next; seen[s] = 1;"
-                " if ($3 != \"running\" || ($4 != \"healthy\" && $4 != \"none\")) bad = 1 }"
-                " END { for (s in need) if (!(s in seen)) bad = 1; exit !bad }'")
+                " /^ctr / { s = substr($1, 5); if (n && !(s in need)) next; seen[s] = 1; m++;"
+                " if ($4 == \"unhealthy\" || $3 == \"exited\" || $3 == \"dead\") bad = 1;"
+                " else if ($3 != \"running\" || ($4 != \"healthy\" && $4 != \"none\")) slow = 1 }"
+                " END { for (s in need) if (!(s in seen)) slow = 1;"
+                " print bad ? \"failed\" : (slow || !m) ? \"waiting\" : \"healthy\" }'")
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         verdict, culprits = self._verdict(facts["containers"])

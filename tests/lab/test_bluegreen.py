@@ -186,7 +186,7 @@ def test_v1_fresh_deploy_serves_on_blue(story: Story) -> None:
         assert host.file(f"/etc/nginx/deploykit/{APP}.active").content_string == "blue\n"
         assert not host.file("/etc/nginx/sites-enabled/default").exists
         env = host.file(f"/srv/{APP}/shared/.env")
-        assert (env.mode, env.user, env.group) == (0o640, "root", "www-data")
+        assert (env.mode, env.user, env.group) == (0o600, "www-data", "www-data")
     with pg.connect(story.ssh("db-1"), APP) as db:
         columns = [r[0] for r in db.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'items' "

@@ -152,7 +152,7 @@ def test_a_deploy_leaks_no_secret(
         for h in web:
             dotenv = lab_host(h.name).file(f"/srv/{APP}/shared/.env")
             assert dotenv.content_string.endswith(f"SECRET_KEY={canary}\n")
-            assert dotenv.user == "root" and dotenv.mode & 0o007 == 0, oct(dotenv.mode)
+            assert (dotenv.user, dotenv.mode) == ("www-data", 0o600), oct(dotenv.mode)
         dump = lab_host("db-1").file(postgres.backup_path(APP, APP, "sec-secrets-1"))
         assert dump.exists and dump.mode == 0o600, oct(dump.mode)
         assert lab_host("db-1").file(f"/var/backups/{APP}").mode & 0o007 == 0

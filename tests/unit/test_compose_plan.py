@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from deploykit.errors import ConfigError
@@ -66,3 +68,22 @@ def test_release_round_trips_and_colour_env() -> None:
     assert plan.repositories() == ["shop"] and plan.project("blue") == "shop-blue"
     with pytest.raises(ConfigError, match="PORT"):
         ComposeBlueGreen("shop", release, {"PORT": "1"})
+
+
+@pytest.mark.parametrize(("services", "containers", "verdict"), [
+    # another service's unhealthy container (a failed phase before) is not db's to wait on
+    (["db"], ["db|1|running|starting", "api|2|running|unhealthy"], "waiting"),
+    (["db"], ["db|1|running|healthy", "api|2|running|unhealthy"], "healthy"),
+    (["db"], ["db|1|exited|none"], "failed"),
+    (["db"], ["api|2|running|healthy"], "waiting"),  # db has no container yet
+    (["db"], [], "waiting"),
+    ([], ["api|2|running|unhealthy"], "failed"),
+    ([], ["api|2|running|none", "db|1|running|healthy"], "healthy"),
+])
+def test_the_hosts_wait_loop_judges_only_the_listed_services(
+        services: list[str], containers: list[str], verdict: str) -> None:
+    awk = compose.WaitHealthyTask("stack", services)._verdict_awk()
+    lines = "".join(f"ctr {c}|hash|imgid|img|/stack_x_1\n" for c in containers)
+    out = subprocess.run(["sh", "-c", awk], input=lines, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == verdict
