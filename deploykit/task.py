@@ -202,3 +202,31 @@ class Task(ABC):
             return result(Status.CHANGED, plan.render())
         except DeployError as exc:
             return result(Status.FAILED, message=exc.message)
+
+
+class Observation(Task):
+    """A step that reads and judges but never changes anything, and does its work in
+    :meth:`run` (an HTTP check, a log read, a testinfra suite): no shell probe for the
+    runner to batch, an empty plan, nothing to apply."""
+
+    def probe_script(self) -> str:
+        return ":"
+
+    def parse(self, output: str) -> Facts:
+        return {}
+
+    def probe(self, conn: Connection) -> Facts:
+        """Nothing to read ahead: :meth:`run` reads what it judges."""
+        return {}
+
+    def plan(self, conn: Connection, facts: Facts) -> Plan:
+        return Plan()
+
+    def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
+        raise AssertionError(f"{self.name} observes only: it has nothing to apply")
+
+    @abstractmethod
+    def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
+            undo: UndoStack | None = None) -> Result:
+        """Read and judge: ``ok`` or ``failed`` (with what was read in ``data``)."""
+

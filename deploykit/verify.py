@@ -51,7 +51,7 @@ from deploykit.journal import RUNS_DIR, new_deploy_id
 from deploykit.result import Result, RunReport, Status
 from deploykit.secrets import Secret, redact
 from deploykit.shell import quote
-from deploykit.task import Facts, Plan, Task, UndoStack
+from deploykit.task import Facts, Observation, UndoStack
 
 __all__ = ["MARKERS", "DeployContext", "HostVerification", "SuiteTask", "TestOutcome",
            "Verification", "context_from_host", "run_suite", "suite_task", "verify",
@@ -504,7 +504,7 @@ def verify_hosts(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
 # == the gate step ============================================================================
 
 
-class SuiteTask(Task):
+class SuiteTask(Observation):
     """A runner step running a suite against its host (see :func:`suite_task`)."""
 
     kind = "verify.suite"
@@ -521,22 +521,6 @@ class SuiteTask(Task):
 
     def target(self) -> str:
         return self.suite + (f" -m {self.marker}" if self.marker else "")
-
-    def probe_script(self) -> str:
-        return ":"
-
-    def parse(self, output: str) -> Facts:
-        return {}
-
-    def probe(self, conn: Connection) -> Facts:
-        """Nothing to read: the suite reads the host itself."""
-        return {}
-
-    def plan(self, conn: Connection, facts: Facts) -> Plan:
-        return Plan()
-
-    def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
-        raise AssertionError("a verification has no plan to apply")
 
     def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
             undo: UndoStack | None = None) -> Result:

@@ -55,7 +55,7 @@ from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError, TaskError
 from deploykit.result import Result, Status
 from deploykit.shell import quote
-from deploykit.task import Facts, Plan, Task, UndoStack
+from deploykit.task import Facts, Observation, Task, UndoStack
 from deploykit.tasks import nginx
 from deploykit.tasks.http import percentile
 
@@ -598,7 +598,7 @@ def read(conn: Connection, log: AccessLog, cursor: Cursor | None, *,
         raise TaskError(f"{log.path}: {exc.message}", host=conn.name, task=task) from None
 
 
-class _LogStep(Task):
+class _LogStep(Observation):
     """A read-only step of a :class:`LogWindow` (nothing to batch, nothing to change)."""
 
     kind: ClassVar[str] = "canary.log"
@@ -610,21 +610,6 @@ class _LogStep(Task):
 
     def target(self) -> str:
         return self.window.log.path
-
-    def probe_script(self) -> str:
-        return ":"
-
-    def parse(self, output: str) -> Facts:
-        return {}
-
-    def probe(self, conn: Connection) -> Facts:
-        return {}
-
-    def plan(self, conn: Connection, facts: Facts) -> Plan:
-        return Plan()
-
-    def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
-        raise AssertionError("a log read has no plan to apply")
 
     def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
             undo: UndoStack | None = None) -> Result:

@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError, TaskError
 from deploykit.result import Result, Status
-from deploykit.task import Facts, Plan, Task, UndoStack
+from deploykit.task import Facts, Observation, UndoStack
 from deploykit.tunnel import Tunnel
 
 __all__ = [
@@ -524,7 +524,7 @@ def fill_url(url: str, conn: Connection) -> str:
     return url.replace("{address}", address).replace("{name}", conn.host.name)
 
 
-class HttpTask(Task):
+class HttpTask(Observation):
     """Base of the HTTP check steps: nothing to probe on the host, nothing to change.
 
     With ``via_ssh`` the request goes through an SSH port forward
@@ -550,22 +550,6 @@ class HttpTask(Task):
 
     def target(self) -> str:
         return self.url
-
-    def probe_script(self) -> str:
-        return ":"
-
-    def parse(self, output: str) -> Facts:
-        return {}
-
-    def probe(self, conn: Connection) -> Facts:
-        """Nothing to read on the host: no round trip."""
-        return {}
-
-    def plan(self, conn: Connection, facts: Facts) -> Plan:
-        return Plan()
-
-    def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
-        raise AssertionError("an HTTP check has no plan to apply")
 
     @abstractmethod
     def check(self, url: str, headers: Mapping[str, str], result: Result) -> None:
