@@ -48,6 +48,7 @@ from deploykit.invoke import deploy as pipeline_deploy
 from deploykit.result import RunReport
 from deploykit.tasks import http
 from deploykit.testing.lab import Lab
+from deploykit.testing.sample import drop_databases, write_config
 
 APP = "sampleapp"
 WEB = ("web-1", "web-2")
@@ -274,16 +275,8 @@ class Fleet:
     # -- deploying ------------------------------------------------------------------------
 
     def config(self, name: str = "deploykit.yml", **changes: Any) -> Path:
-        """Write a deploykit.yml: the base with ``changes`` (one level deep)."""
-        data = json.loads(json.dumps(self.base))
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
-        path = self.root / name
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
+        """Write a deploykit.yml (the base with ``changes`` merged one level deep)."""
+        return write_config(self.root / name, self.base, **changes)
 
     def project(self, config: Path | None = None, host: str | None = None) -> Project:
         return Project.load(config or self.root / "deploykit.yml", host=host)
@@ -399,13 +392,6 @@ class Fleet:
             assert self.link(host, "current") == f"/srv/{APP}/releases/v1"
 
 
-def drop_databases(ssh: Callable[[str], Connection]) -> None:
-    with pg.connect(ssh("db-1")) as session:
-        names = [r[0] for r in session.execute(
-            "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
-            [APP, f"{APP}\\_%"]).fetchall()]
-        for name in names:
-            session.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -436,12 +422,12 @@ def fleet(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str], Co
               base, env)
     f.config()
     lab.reset()
-    drop_databases(lab_connection)
+    drop_databases(lab_connection("db-1"), APP)
     try:
         yield f
     finally:
         lab.reset()
         try:
-            drop_databases(lab_connection)
+            drop_databases(lab_connection("db-1"), APP)
         except DeployError:
             pass

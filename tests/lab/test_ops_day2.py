@@ -30,6 +30,7 @@ from deploykit.inventory import Inventory
 from deploykit.tasks import http
 from deploykit.tasks.maintenance import is_on
 from deploykit.testing.lab import Lab
+from deploykit.testing.sample import drop_databases
 
 pytestmark = pytest.mark.lab
 
@@ -82,13 +83,6 @@ class Ops:
         return [e for e in entries if e["event"] == event]
 
 
-def drop_databases(ssh: Callable[[str], Connection]) -> None:
-    with pg.connect(ssh("db-1")) as session:
-        names = [r[0] for r in session.execute(
-            "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
-            [APP, f"{APP}\\_%"]).fetchall()]
-        for name in names:
-            session.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +106,12 @@ def ops(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str], Conn
     env.pop("DEPLOYKIT_WHEELHOUSE", None)
     o = Ops(root, project_root, lab, lab_inventory, lab_connection, lab_host, env)
     lab.reset()
-    drop_databases(lab_connection)
+    drop_databases(lab_connection("db-1"), APP)
     try:
         yield o
     finally:
         lab.reset()
-        drop_databases(lab_connection)
+        drop_databases(lab_connection("db-1"), APP)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from deploykit.pg import PgSettings
 from deploykit.result import RunReport
 from deploykit.tasks import http
 from deploykit.testing.lab import Lab
+from deploykit.testing.sample import drop_databases, write_config
 
 pytestmark = pytest.mark.lab
 
@@ -128,15 +129,7 @@ class Pipeline:
 
     def config(self, name: str = "deploykit.yml", **changes: Any) -> Path:
         """Write a deploykit.yml (the base with ``changes`` merged one level deep)."""
-        data = json.loads(json.dumps(self.base))
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
-        path = self.root / name
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
+        return write_config(self.root / name, self.base, **changes)
 
     def command(self, *args: str, config: Path | None = None) -> tuple[list[str], dict[str, str]]:
         env = {**self.env, "DEPLOYKIT_CONFIG": str(config or self.root / "deploykit.yml")}
@@ -214,13 +207,6 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
-def drop_databases(ssh: Callable[[str], Connection]) -> None:
-    with pg.connect(ssh("db-1")) as session:
-        names = [r[0] for r in session.execute(
-            "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
-            [APP, f"{APP}\\_%"]).fetchall()]
-        for name in names:
-            session.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -249,13 +235,13 @@ def pipeline(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str],
                  base, env)
     p.config()
     lab.reset()
-    drop_databases(lab_connection)
+    drop_databases(lab_connection("db-1"), APP)
     try:
         yield p
     finally:
         receiver.close()
         lab.reset()
-        drop_databases(lab_connection)
+        drop_databases(lab_connection("db-1"), APP)
 
 
 # -- the story -----------------------------------------------------------------------------
