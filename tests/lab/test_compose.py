@@ -25,6 +25,7 @@ from deploykit.secrets import Secret
 from deploykit.strategies import compose_bluegreen, phased
 from deploykit.strategies.compose_bluegreen import ComposeBlueGreen, ComposeRelease
 from deploykit.tasks import compose, http
+from deploykit.testing.composeapp import EXAMPLE, build_images
 from deploykit.testing.lab import Lab, LabHostSpec
 from deploykit.testing.load import LoadLoop
 
@@ -32,11 +33,9 @@ pytestmark = pytest.mark.lab
 if os.geteuid() != 0:
     pytest.skip("the lab needs root", allow_module_level=True)
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "compose"
 FLEET = [LabHostSpec("dock-1", ("web", "docker")), LabHostSpec("dock-2", ("web", "docker"))]
 COMPOSE_FILE = {"docker-compose.yml": (EXAMPLE / "docker-compose.yml").read_text()}
 TOKEN = Secret("tok-" + uuid.uuid4().hex)
-IMAGES = {"v1": {}, "v2": {}, "v3-broken": {"BROKEN": "1"}}
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +65,7 @@ def conns(inventory: Inventory) -> Iterator[dict[str, Connection]]:
 @pytest.fixture(scope="module")
 def images(conns: dict[str, Connection]) -> dict[str, str]:
     """The example app's images, built on dock-1: version -> image name."""
-    build = conns["dock-1"]
-    build.run("mkdir -p /srv/build/app")
-    for f in (EXAMPLE / "app").iterdir():
-        build.put(f.read_bytes(), f"/srv/build/app/{f.name}")
-    made = {}
-    for version, extra in IMAGES.items():
-        image = f"dkapp:{version}"
-        result = compose.build(image, "/srv/build/app",
-                               build_args={"APP_VERSION": version, **extra}).run(build)
-        assert result.ok, result.message
-        made[version] = image
-    return made
+    return build_images(conns["dock-1"])
 
 
 def web(inventory: Inventory) -> list[Host]:
