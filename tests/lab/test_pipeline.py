@@ -549,6 +549,28 @@ def test_backup_restore_verify_and_config_commands(pipeline: Pipeline) -> None:
     assert "preflight.required_secrets" in config.stdout and "  app: sampleapp" in config.stdout
 
 
+def test_verify_suite_runs_the_testinfra_suite_per_host(pipeline: Pipeline) -> None:
+    suite = str(pipeline.project_root / "examples" / "verify")
+    good = pipeline.cli("verify", "--suite", suite, "--group", "web")
+    assert good.returncode == 0, good.stdout + good.stderr
+    rows = {line.split()[1]: line for line in good.stdout.splitlines()
+            if re.match(r"^\W*web-\d ", line)}
+    assert set(rows) == {"web-1", "web-2"} and all(" ok " in r for r in rows.values()), rows
+    junit = re.search(r"JUnit XML: (\S+\.junit\.xml)", good.stdout)
+    assert junit is not None and Path(junit.group(1)).exists()
+
+    env = f"/srv/{APP}/shared/.env"
+    pipeline.ssh("web-2").run(["chmod", "0644", env])
+    try:
+        broken = pipeline.cli("verify", "--suite", suite, "--host", "web-2")
+    finally:
+        pipeline.ssh("web-2").run(["chmod", "0600", env])
+    assert broken.returncode == 1, broken.stdout
+    assert re.search(r"web-2 .*FAILED.*env", broken.stdout), broken.stdout
+    assert "web-1" not in broken.stdout
+    assert error_lines(broken.stderr) == ["error: verification failed (see above)"]
+
+
 def test_lock_and_unlock_commands(pipeline: Pipeline) -> None:
     locked = pipeline.cli("lock")
     assert locked.returncode == 0, locked.stderr
