@@ -30,7 +30,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -408,6 +408,46 @@ class Connection:
                                f"{exc or type(exc).__name__}", host=self.name) from None
         return chan
 
+    def stream(self, command: str, *, sudo: bool | None = None,
+               chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """Run ``command`` (a ready shell string, every value in it quoted) with no stdin
+        and yield its stdout as it arrives (``docker save`` of an image, a dump), without
+        holding it all in memory. Ends at the command's EOF, not at its exit status (sshd
+        may send the status before the last of the output); then RemoteCommandError
+        with the stderr tail when the command failed. Logged as a read."""
+        chan = self.open_channel(command, sudo=sudo)
+        err = bytearray()
+        try:
+            chan.shutdown_write()
+            while True:
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(chunk_size)
+                if chan.recv_ready():
+                    data = chan.recv(chunk_size)
+                    if data:
+                        yield data
+                        continue
+                if chan.eof_received and not chan.recv_ready():
+                    break
+                transport = chan.get_transport()
+                if transport is None or not transport.is_active():
+                    raise ConnectError(f"connection to {self._where()} lost while streaming "
+                                       f"{command!r}", host=self.name)
+                select.select([chan], [], [], 1.0)
+            code = chan.recv_exit_status()
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(chunk_size)
+        finally:
+            chan.close()
+        secrets = list(self.secrets)
+        self.log.append(LoggedCommand(redact(command, secrets), False, code))
+        if code != 0:
+            detail = redact(bytes(err).decode("utf-8", "replace"), secrets).strip()[-2000:]
+            raise RemoteCommandError(f"command failed with exit code {code}: "
+                                     f"{redact(command, secrets)}"
+                                     + (f"\n{detail}" if detail else ""),
+                                     host=self.name, exit_code=code, stderr=detail)
+
     def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
                  to_log: str) -> tuple[bytes, bytes]:
         out: list[bytes] = []
@@ -419,8 +459,8 @@ class Connection:
                 err.append(chan.recv_stderr(_READ_SIZE))
             if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
                 return b"".join(out), b"".join(err)
-            transport = chan.get_transport()
-            if chan.closed or transport is None or not transport.is_active():
+            transport = chan.get_transport()  # a dead peer (dead_after): the transport ends
+            if transport is None or not transport.is_active():
                 raise EOFError("the SSH connection died (no answer from the host)")
             wait = 1.0
             if limit is not None:

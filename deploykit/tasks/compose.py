@@ -56,7 +56,7 @@ import paramiko
 import yaml
 
 from deploykit.connection import Connection, LoggedCommand
-from deploykit.errors import ConfigError, ConnectError, TaskError
+from deploykit.errors import ConfigError, ConnectError, RemoteCommandError, TaskError
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret
 from deploykit.shell import join, quote
@@ -747,36 +747,11 @@ class HostDocker:
     def save(self, image: str) -> Iterator[bytes]:
         """``docker save image | gzip -1`` on the build host, streamed back."""
         script = (f"set -o pipefail 2>/dev/null; docker save {quote(image)} | gzip -1")
-        yield from _stream_out(self.conn, script)
-
-
-def _stream_out(conn: Connection, script: str) -> Iterator[bytes]:
-    """Run ``script`` on the host and yield its stdout as it comes; TaskError on failure."""
-    chan = conn.open_channel(f"bash -c {quote(script)}")
-    err = io.BytesIO()
-    try:
-        chan.shutdown_write()
-        while True:
-            if chan.recv_stderr_ready():
-                err.write(chan.recv_stderr(CHUNK))
-            if chan.recv_ready():
-                data = chan.recv(CHUNK)
-                if data:
-                    yield data
-                    continue
-            if chan.exit_status_ready() and not chan.recv_ready():
-                break
-            select.select([chan], [], [], 1.0)
-        code = chan.recv_exit_status()
-        while chan.recv_stderr_ready():
-            err.write(chan.recv_stderr(CHUNK))
-    finally:
-        chan.close()
-    conn.log.append(LoggedCommand(script, False, code))
-    if code != 0:
-        raise TaskError(f"{script!r} failed with exit code {code}: "
-                        f"{err.getvalue().decode(errors='replace').strip()[-1000:]}",
-                        host=conn.name)
+        try:
+            yield from self.conn.stream(f"bash -c {quote(script)}", chunk_size=CHUNK)
+        except RemoteCommandError as exc:
+            raise TaskError(f"docker save of {image} on {self.name} failed: {exc.message}",
+                            host=self.name) from None
 
 
 def _stream_in(conn: Connection, script: str, chunks: Iterator[bytes], timeout: float
@@ -798,7 +773,7 @@ def _stream_in(conn: Connection, script: str, chunks: Iterator[bytes], timeout: 
                 raise TaskError(f"image transfer to {conn.name} took over {timeout:g} s",
                                 host=conn.name)
         chan.shutdown_write()
-        while not chan.exit_status_ready():
+        while not (chan.eof_received and chan.exit_status_ready()):
             select.select([chan], [], [], 1.0)
             while chan.recv_ready():
                 out.write(chan.recv(CHUNK))

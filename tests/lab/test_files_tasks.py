@@ -11,6 +11,7 @@ metacharacter ever ran (/tmp/pwned never appears).
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from deploykit.connection import Connection
+from deploykit.errors import RemoteCommandError
 from deploykit.inventory import Inventory
 from deploykit.result import Status
 from deploykit.secrets import Secret
@@ -359,3 +361,19 @@ def test_absent_link_is_recreated_by_undo(conn: Connection, host: Any, work: str
     assert apply_twice(conn, files.absent(link), undo).diff == "state: link -> absent"
     undo.unwind(conn)
     assert conn.run(["readlink", "--", link]).stdout == "somewhere else\n"
+
+
+def test_stream_yields_all_output_up_to_eof_and_raises_on_failure(conn: Connection,
+                                                                  work: str) -> None:
+    # every byte of a large output, read slowly (as when it is uploaded to another host
+    # meanwhile), up to the command's EOF; then its exit status
+    size = 8 * 1024 * 1024
+    for _ in range(3):
+        got = bytearray()
+        for chunk in conn.stream(f"head -c {size} /dev/zero"):
+            got += chunk
+            time.sleep(0.002)
+        assert len(got) == size and not got.strip(b"\0")
+    assert conn.log[-1].write is False
+    with pytest.raises(RemoteCommandError, match=r"exit code 3: .*\nboom"):
+        b"".join(conn.stream("echo partial; echo boom >&2; exit 3"))
