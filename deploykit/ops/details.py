@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploykit import journal
+from deploykit import humanize, journal
 from deploykit.connection import Connection
 from deploykit.errors import DeployError
 from deploykit.shell import quote
@@ -23,8 +23,7 @@ from deploykit.tasks import nginx, postgres, releases, services
 from deploykit.tasks.maintenance import maintenance_status
 from deploykit.tasks.releases import ReleaseInfo
 
-__all__ = ["BackupInfo", "DiskInfo", "HostDetails", "gather", "host_details", "human_age",
-           "human_size"]
+__all__ = ["BackupInfo", "DiskInfo", "HostDetails", "gather", "host_details"]
 
 PID_FILES: Mapping[str, str] = {
     "nginx": "/run/nginx.pid",
@@ -86,24 +85,6 @@ class HostDetails:
         return data
 
 
-def human_size(n: float) -> str:
-    """``1.5 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
-def human_age(seconds: float) -> str:
-    """``42 s``, ``12 min``, ``5.2 h``, ``3.0 days``."""
-    if seconds < 120:
-        return f"{max(0.0, seconds):.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def facts_script(role: str, app: str, database: str | None) -> str:
@@ -215,10 +196,10 @@ def describe(d: HostDetails) -> list[str]:
     lines.append("services:    " + (", ".join(f"{k} {v}" for k, v in d.services.items())
                                     or "-"))
     lines.append("disk free:   " + (", ".join(
-        f"{x.mount} {human_size(x.free)} ({x.percent_free:.0f}%)" for x in d.disk) or "-"))
+        f"{x.mount} {humanize.size(x.free)} ({x.percent_free:.0f}%)" for x in d.disk) or "-"))
     if d.role == "db":
         lines.append("last backup: " + (
-            f"{d.backup.path} ({human_size(d.backup.size)}), {human_age(d.backup.age)} old; "
+            f"{d.backup.path} ({humanize.size(d.backup.size)}), {humanize.age(d.backup.age)} old; "
             f"{d.backups} backup(s)" if d.backup else "none"))
     lines.append(f"lock:        {d.lock or 'free'}")
     return lines

@@ -87,7 +87,7 @@ from typing import Any, ClassVar, Literal
 import psycopg
 from psycopg import sql
 
-from deploykit import pg
+from deploykit import humanize, pg
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import ConfigError, DeployError, RollbackError, TaskError
 from deploykit.facts import format_mode
@@ -1340,20 +1340,6 @@ def _backup_dir(app: str, directory: str | None) -> str:
     return f"{BACKUP_ROOT}/{app}"
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _program(bin_dir: str | None, name: str) -> str:
@@ -1631,8 +1617,9 @@ class BackupTask(_FileTask):
         if free < need:
             raise self.error(conn, f"not enough free space for a backup of database "
                                    f"{self.db!r} in {self.directory} on host {conn.name}: "
-                                   f"{_size(free)} free, about {_size(need)} needed "
-                                   f"(pg_database_size {_size(int(size))} x "
+                                   f"{humanize.size(free)} free, about "
+                                   f"{humanize.size(need)} needed "
+                                   f"(pg_database_size {humanize.size(int(size))} x "
                                    f"{self.space_factor:g}); nothing was written")
 
     def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
@@ -1744,8 +1731,8 @@ class _VerifyTask(_FileTask):
         if dump.exists:
             self.scope(facts).data.update(dump.summary(now))
             if self.max_age is not None and now - dump.mtime > self.max_age:
-                problems.append(f"is {_age(now - dump.mtime)} old, older than "
-                                f"{_age(self.max_age)}")
+                problems.append(f"is {humanize.age(now - dump.mtime)} old, older than "
+                                f"{humanize.age(self.max_age)}")
         if problems:
             raise self.error(conn, f"backup {dump.path} on host {conn.name} "
                                    f"{'; '.join(problems)}")
