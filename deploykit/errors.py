@@ -4,7 +4,7 @@ Every error a user can meet is one of these, and its message names what went
 wrong and where (file, line, host, task)::
 
     DeployError                    base: catch this to catch everything deploykit raises
-     ├── ConfigError               bad configuration (deploykit.yml, invoke config, arguments)
+     ├── ConfigError               bad configuration (deploykit.yml, arguments); a ValueError
      ├── InventoryError            bad inventory file or selector
      ├── ConnectError              a host could not be reached or logged in to
      │    ├── HostKeyError         unknown or changed host key (never auto-accepted)
@@ -13,7 +13,8 @@ wrong and where (file, line, host, task)::
      │    ├── RemoteCommandError   a remote command exited non-zero
      │    ├── HttpCheckError       an HTTP check failed (tasks/http.py)
      │    ├── NginxChangeError     an nginx change was refused and restored (tasks/nginx.py)
-     │    └── PreflightError       pre-flight checks failed (tasks/checks.py)
+     │    ├── PreflightError       pre-flight checks failed (tasks/checks.py)
+     │    └── HookError            a user hook failed (hooks.py); a pre_* one stops the run
      ├── LockHeldError             another deploy holds the host's lock
      ├── RollbackError             an undo action failed; the host needs attention
      └── LabError                  the lab fleet could not be built or torn down
