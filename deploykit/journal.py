@@ -136,14 +136,17 @@ _T = TypeVar("_T")
 
 
 def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | None = None) -> str:
-    """A deploy id: UTC time, the short git commit of ``repo_dir`` and a random suffix.
+    """A deploy id: UTC time, the short git commit of ``repo_dir``, then the milliseconds
+    and a random part.
 
-    ``20261125T173000Z-abc1234-3f9a``; ``20261125T173000Z-nogit-3f9a`` when
+    ``20261125T173000Z-abc1234-0423f9a``; ``20261125T173000Z-nogit-0423f9a`` when
     ``repo_dir`` is not a git work tree (or has no commit, or git is missing).
-    Sortable by time; safe as a file name; two deploys started in the same second
-    never share one (their run reports and logs would overwrite each other).
+    Sorted by name, ids are sorted by time (to the millisecond: what ``--retry-failed``
+    relies on to find the last deploy); safe as a file name; two deploys started in
+    the same second never share one (their run reports would overwrite each other).
     """
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    stamp = when.strftime("%Y%m%dT%H%M%SZ")
     try:
         out = subprocess.run(["git", "-C", os.fspath(repo_dir), "rev-parse", "--short=7", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=False)
@@ -151,7 +154,7 @@ def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | Non
     except (OSError, subprocess.SubprocessError):
         sha = ""
     commit = sha if re.fullmatch(r"[0-9a-f]{4,40}", sha) else "nogit"
-    return f"{stamp}-{commit}-{_random.token_hex(2)}"
+    return f"{stamp}-{commit}-{when.microsecond // 1000:03d}{_random.token_hex(2)}"
 
 
 def outer_deploy_id() -> str | None:

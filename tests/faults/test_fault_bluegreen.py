@@ -94,7 +94,7 @@ def test_a_full_disk_during_the_backup_stops_the_deploy_before_any_change(
         assert "No space left on device" in summary.message, summary.message
     else:  # the backup sees there is no room before writing anything
         assert "not enough free space for a backup of database 'sampleapp' in " \
-            "/var/backups/sampleapp on host db-1: 0 bytes free" in summary.message
+            "/var/backups/sampleapp on host db-1: 0 B free" in summary.message
     assert summary.message.endswith("traffic was not moved")
     assert [f for f in listing if summary.deploy_id in f] == []  # no partial dump left
     assert fleet.schema() == 1  # the migrations never ran without their backup

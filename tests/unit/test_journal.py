@@ -80,16 +80,17 @@ def test_deploy_id_is_utc_time_and_short_sha(tmp_path: Path) -> None:
     git(tmp_path, "add", "f")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "m")
     sha = git(tmp_path, "rev-parse", "--short=7", "HEAD")
-    assert re.fullmatch(rf"20261125T173000Z-{sha}-[0-9a-f]{{4}}",
+    assert re.fullmatch(rf"20261125T173000Z-{sha}-000[0-9a-f]{{4}}",
                         journal.new_deploy_id(tmp_path, now=NOW))
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{7}-[0-9a-f]{4}", journal.new_deploy_id(tmp_path))
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{7}-\d{3}[0-9a-f]{4}",
+                        journal.new_deploy_id(tmp_path))
 
 
 def test_deploy_id_falls_back_to_nogit(tmp_path: Path) -> None:
-    assert re.fullmatch(r"20261125T173000Z-nogit-[0-9a-f]{4}",
+    assert re.fullmatch(r"20261125T173000Z-nogit-000[0-9a-f]{4}",
                         journal.new_deploy_id(tmp_path, now=NOW))
     git(tmp_path, "init", "-q")  # a repository without any commit
-    assert re.fullmatch(r"20261125T173000Z-nogit-[0-9a-f]{4}",
+    assert re.fullmatch(r"20261125T173000Z-nogit-000[0-9a-f]{4}",
                         journal.new_deploy_id(tmp_path, now=NOW))
 
 
@@ -330,3 +331,11 @@ def test_run_log_captures_deploykit_records_redacted(tmp_path: Path,
     assert "webhook said ********" in text and "******** in output" in text
     assert "pw-1a2b3c4d5e" not in text and "late-secret-value" not in text
     assert "not written" not in text
+
+
+def test_deploy_ids_sort_by_time_within_a_second(tmp_path: Path) -> None:
+    early, late = (journal.new_deploy_id(tmp_path, now=NOW.replace(microsecond=us))
+                   for us in (9_000, 450_000))
+    assert early < late  # --retry-failed takes the last report by name
+    assert re.fullmatch(r"20261125T173000Z-nogit-009[0-9a-f]{4}", early)
+    assert re.fullmatch(r"20261125T173000Z-nogit-450[0-9a-f]{4}", late)
