@@ -46,7 +46,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import DeployError
@@ -73,6 +73,7 @@ __all__ = [
     "StepList",
     "Strategy",
     "StrategyContext",
+    "TrafficSettings",
     "other",
 ]
 
@@ -180,6 +181,8 @@ class HostState:
     active: str | None
     colors: Mapping[str, ColourState] = field(default_factory=dict)
     ledger: Mapping[str, ReleaseState] = field(default_factory=dict)
+    installed: tuple[str, ...] = ()
+    """The releases present on the host (directories, compose release records)."""
 
     @property
     def active_release(self) -> str | None:
@@ -328,6 +331,29 @@ class StrategyContext:
 # -- the runtime ----------------------------------------------------------------------------
 
 
+class TrafficSettings(Protocol):
+    """What every runtime's spec says about serving and verifying a colour (the
+    strategies read these; both :class:`~deploykit.runtimes.release.ReleaseSpec` and
+    :class:`~deploykit.runtimes.compose.ComposeSpec` have them)."""
+
+    app: str
+    ports: Mapping[str, int]
+    server_name: str
+    health_path: str
+    version_path: str
+    health_retries: int
+    health_interval: float
+    latency_budget_ms: float | None
+    verify_requests: int
+    grace_seconds: float
+    verify_suite: str | None
+    verify_timeout: float
+    verify_report_dir: str
+
+
+# -- the runtime (its methods) ------------------------------------------------------------
+
+
 class Runtime(ABC):
     """What a colour is on a host, as steps a strategy runs (see the module docstring).
 
@@ -339,7 +365,18 @@ class Runtime(ABC):
     """``release`` or ``compose`` (the ``runtime:`` setting)."""
 
     app: str
-    ports: Mapping[str, int]
+    spec: TrafficSettings
+    ledger_path: str
+    """Where each host's ledger lives (see :mod:`deploykit.runtimes.ledger`)."""
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """The version ``/version`` must answer through nginx after the switch."""
+
+    def program(self, color: str) -> str:
+        """What runs ``color`` (a supervisor program, a compose project)."""
+        return f"{self.app}-{color}"
 
     @property
     @abstractmethod
