@@ -141,7 +141,7 @@ def _backups(conn: Connection, s: PruneSettings) -> list[PruneItem]:
         except ValueError:
             continue
     kept = [k for k in [_kept_backup(conn, s)] if k]
-    doomed = postgres.retention([(n, m) for n, (m, _) in entries.items()],
+    doomed = postgres.retention.expired([(n, m) for n, (m, _) in entries.items()],
                                 keep_last=s.backup_keep_last, keep_days=s.backup_keep_days,
                                 now=now, keep=kept)
     return [PruneItem(conn.name, "backup", name,

@@ -134,12 +134,12 @@ def test_role_plans() -> None:
 
 
 def test_role_statement_shows_no_verifier() -> None:
-    options, shown = postgres._role_options({"login": True, "createdb": False,
+    options, shown = postgres.roles._role_options({"login": True, "createdb": False,
                                              "connection_limit": 4}, "SCRAM-SHA-256$x", True)
     assert shown == "LOGIN NOCREATEDB CONNECTION LIMIT 4 PASSWORD ********"
     assert options.as_string(None) == \
         "LOGIN NOCREATEDB CONNECTION LIMIT 4 PASSWORD 'SCRAM-SHA-256$x'"
-    assert postgres._role_options({}, None, True)[1] == "PASSWORD NULL"
+    assert postgres.roles._role_options({}, None, True)[1] == "PASSWORD NULL"
 
 
 def test_extension_plans() -> None:
@@ -241,11 +241,11 @@ def test_retention() -> None:
     now = 100 * day
     entries = [("a.dump", now - 10 * day), ("b.dump", now - 5 * day), ("c.dump", now - 2 * day),
                ("d.dump", now)]
-    assert retention(entries, keep_last=None, keep_days=None, now=now) == []
-    assert retention(entries, keep_last=2, keep_days=None, now=now) == ["a.dump", "b.dump"]
-    assert retention(entries, keep_last=None, keep_days=3, now=now) == ["a.dump", "b.dump"]
-    assert retention(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]  # either keeps
-    assert retention(entries, keep_last=1, keep_days=None, now=now, keep=["a.dump"]) == [
+    assert retention.expired(entries, keep_last=None, keep_days=None, now=now) == []
+    assert retention.expired(entries, keep_last=2, keep_days=None, now=now) == ["a.dump", "b.dump"]
+    assert retention.expired(entries, keep_last=None, keep_days=3, now=now) == ["a.dump", "b.dump"]
+    assert retention.expired(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]  # either keeps
+    assert retention.expired(entries, keep_last=1, keep_days=None, now=now, keep=["a.dump"]) == [
         "b.dump", "c.dump"]
 
 
@@ -257,7 +257,7 @@ def fake_conn() -> Connection:
 
 def backup_facts(task: postgres.BackupTask, *lines: str) -> dict[str, Any]:
     facts = task.parse("\n".join(["now 1700000100", *lines]))
-    facts[postgres._SCOPE] = postgres._Scope(task, fake_conn())
+    facts[postgres.session.SCOPE_KEY] = postgres.session.Scope(task, fake_conn())
     return facts
 
 
@@ -291,10 +291,10 @@ def test_backup_names_are_checked() -> None:
 
 def test_client_commands() -> None:
     settings = PgSettings(port=5433, user="postgres", password=Secret("pw"))
-    prefix, stdin = postgres._client(settings, "pg_dump", os_user="postgres", bin_dir=None)
+    prefix, stdin = postgres.dumps.client_command(settings, "pg_dump", os_user="postgres", bin_dir=None)
     assert (prefix, stdin) == ("runuser -u postgres -- pg_dump --username=postgres --port=5433 "
                                "--no-password", None)
-    prefix, stdin = postgres._client(settings, "pg_restore", os_user=None,
+    prefix, stdin = postgres.dumps.client_command(settings, "pg_restore", os_user=None,
                                      bin_dir="/usr/lib/postgresql/15/bin")
     assert prefix == ("/usr/lib/postgresql/15/bin/pg_restore --host=127.0.0.1 "
                       "--username=postgres --port=5433 --no-password")
@@ -305,15 +305,15 @@ def test_client_commands() -> None:
 
 
 def test_restore_record_and_settings() -> None:
-    record = postgres._marker_text({"sha256": DIGEST, "previous": "app_old_1"})
+    record = postgres.swap.marker_text({"sha256": DIGEST, "previous": "app_old_1"})
     assert parse_marker(record) == {"sha256": DIGEST, "previous": "app_old_1"}
     assert parse_marker("a comment") is None and parse_marker(None) is None
     assert parse_marker("deploykit restore {broken") is None
     assert split_guc_list('"$user", public, "odd, ""name"""') == [
         "$user", "public", 'odd, "name"']
-    assert postgres._setting("search_path", '"$user", public').as_string(None) == \
+    assert postgres.swap.setting_sql("search_path", '"$user", public').as_string(None) == \
         "\"search_path\" = '$user', 'public'"
-    assert postgres._setting("app.mode", "a b").as_string(None) == "\"app\".\"mode\" = 'a b'"
+    assert postgres.swap.setting_sql("app.mode", "a b").as_string(None) == "\"app\".\"mode\" = 'a b'"
 
 
 def test_sql_tasks_send_no_shell_probe() -> None:
