@@ -263,13 +263,14 @@ def backup_facts(task: postgres.BackupTask, *lines: str) -> dict[str, Any]:
 
 def test_backup_plan_of_a_verified_dump_needs_no_database() -> None:
     task = postgres.backup("app", app="shop", deploy_id="d1", keep_last=1)
-    entries = ["entry 1600000000.5 10 app-d0.dump", "entry 1700000000.0 2048 app-d1.dump",
-               "entry 1500000000 10 other-x.dump", "entry bad line"]
+    entries = ["entry 1600000000.5 10 1 app-d0.dump", "entry 1700000000.0 2048 1 app-d1.dump",
+               "entry 1500000000 10 1 other-x.dump", "entry bad line"]
     facts = backup_facts(task, *LISTED, "space 100 4096", *entries)
     assert task.plan(fake_conn(), facts).render() == "remove: app-d0.dump -> (none)"
     assert postgres.PgTask.scope(facts).data == {
         "database": "app", "deploy_id": "d1", "path": "/var/backups/shop/app-d1.dump",
-        "size": 2048, "sha256": DIGEST, "age": 100.0}
+        "size": 2048, "sha256": DIGEST, "age": 100.0, "kept": {"app-d1.dump": [
+            "newest verified backup", "just written", "among the 1 newest deploy backups"]}}
     loose = backup_facts(task, *[line.replace(" 600", " 644") for line in LISTED])
     assert task.plan(fake_conn(), loose).render() == "mode: 0644 -> 0600"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import re
 from typing import Any
 
 from deploykit import humanize
@@ -44,6 +43,7 @@ class BackupTask(FileTask):
         self.path = backup_path(app, db, deploy_id, directory=directory)
         self.directory = self.path.rsplit("/", 1)[0]
         self.deploy_id = deploy_id
+        self.app = app
         if keep_last is not None and keep_last < 1:
             raise ConfigError("keep_last must be at least 1 (the new backup is always kept)")
         if keep_days is not None and keep_days < 0:
@@ -64,13 +64,10 @@ class BackupTask(FileTask):
             verify_script(quote(self.path), self.bin_dir),
             f'dk_p={d}; while [ ! -e "$dk_p" ]; do dk_p=$(dirname -- "$dk_p"); done',
             "printf 'space %s\\n' \"$(stat -f -c '%a %S' -- \"$dk_p\")\"",
-            f"if [ -d {d} ]; then find {d} -maxdepth 1 -type f "
-            f"-name {quote(self.db + '-*.dump')} -printf 'entry %T@ %s %f\\n'; fi",
+            retention.listing_script(self.directory, self.db),
+            *([] if self.keep_last is None and self.keep_days is None
+              else [retention.history_script(self.app)]),
         ])
-
-    def _ours(self, name: str) -> bool:
-        return re.fullmatch(re.escape(self.db) + r"-[A-Za-z0-9][A-Za-z0-9._-]*\.dump",
-                            name) is not None
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         f = self.shell(conn, facts)
@@ -90,11 +87,16 @@ class BackupTask(FileTask):
             self.scope(facts).data.update(database=self.db, deploy_id=self.deploy_id,
                                           **dump.summary(f["now"]))
         base = self.path.rsplit("/", 1)[-1]
-        entries = [(n, m) for n, m in f["entries"] if self._ours(n)]
-        if not any(n == base for n, _ in entries):
-            entries.append((base, f["now"]))
-        prune = facts["prune"] = retention.expired(entries, keep_last=self.keep_last,
-                                           keep_days=self.keep_days, now=f["now"], keep=[base])
+        files = retention.parse_listing(f["lines"])
+        if not any(b.name == base for b in files):  # the new one: newest, and verified
+            files.append(retention.BackupFile(
+                base, max([f["now"], *(b.mtime for b in files)]) + 0.001, 0, True))
+        rule = retention.plan(files, retention.parse_history_lines(f["lines"]), db=self.db,
+                              keep_last=self.keep_last, keep_days=self.keep_days,
+                              now=f["now"], protect=[base])
+        prune = facts["prune"] = rule.delete
+        if self.keep_last is not None or self.keep_days is not None:
+            self.scope(facts).data["kept"] = rule.keep
         if prune:
             plan.add("remove", ", ".join(prune), None)
         return plan

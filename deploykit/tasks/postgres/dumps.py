@@ -3,7 +3,6 @@ client programs (pg_dump, pg_restore) run there."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -183,7 +182,7 @@ class FileTask(PgTask):
         """See :func:`client_command`; a ConfigError becomes this task's error."""
         try:
             return client_command(self.settings_for(conn), program, os_user=self.os_user,
-                           bin_dir=self.bin_dir)
+                                  bin_dir=self.bin_dir)
         except ConfigError as exc:
             raise self.error(conn, exc.message) from None
 
@@ -200,17 +199,11 @@ class FileTask(PgTask):
     def parse(self, output: str) -> Facts:
         lines = output.splitlines()
         values: dict[str, str] = {}
-        entries: list[tuple[str, float]] = []
         for line in lines:
             key, _, rest = line.partition(" ")
-            if key == "entry":
-                fields = rest.split(" ", 2)
-                with contextlib.suppress(ValueError, IndexError):
-                    entries.append((fields[2], float(fields[0])))
-            else:
-                values.setdefault(key, rest)
+            values.setdefault(key, rest)
         try:
             now = float(values.get("now", ""))
         except ValueError:
             now = time.time()
-        return {"shell": True, "lines": lines, "values": values, "entries": entries, "now": now}
+        return {"shell": True, "lines": lines, "values": values, "now": now}

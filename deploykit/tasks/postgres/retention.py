@@ -1,14 +1,155 @@
-"""Which backups to keep: one rule for the deploy's cleanup and ``invoke prune``."""
+"""Which backups to keep: one rule for the deploy's cleanup and ``invoke prune``.
+
+:func:`plan` decides, from the backup files and the deploy history, what stays
+(each with its reasons) and what goes. The rule, in order of strength:
+
+* never the **rollback backup**: the pre-deploy backup of the newest successful
+  deploy (what ``rollback --db`` restores);
+* never the **newest verified backup** (a ``.sha256`` sidecar: :func:`backup`
+  writes it only after ``pg_restore --list`` read the dump);
+* never a name the caller protects (the backup just written);
+* ``keep_last`` counts deploy backups and manual backups (``<db>-manual-*``)
+  **separately**: manual backups never push a deploy's backup out, nor the
+  reverse;
+* ``keep_days`` keeps anything younger;
+* without ``keep_last`` and ``keep_days`` nothing is deleted.
+
+The same module lists the files (:func:`listing_script`, :func:`parse_listing`)
+so that the backup task and prune see the same thing.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from deploykit import journal
+from deploykit.shell import quote
+
+__all__ = ["HISTORY_LINES", "MANUAL_PREFIX", "BackupFile", "DeployOutcome", "RetentionPlan",
+           "deploy_id_of", "expired", "history_script", "listing_script", "parse_history_lines",
+           "parse_listing", "plan", "rollback_deploy"]
+
+MANUAL_PREFIX = "manual-"
+"""Deploy ids of backups taken by hand (``invoke backup``) start with this."""
+HISTORY_LINES = 400
+"""How many of the newest history lines the rule reads."""
+
+
+class DeployOutcome(Protocol):
+    """What the rule reads of a deploy record (:class:`deploykit.journal.DeployRecord`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def result(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    """One ``<db>-<id>.dump`` file: its name, mtime (epoch seconds), size, and whether it
+    has a ``.sha256`` sidecar."""
+
+    name: str
+    mtime: float
+    size: int = 0
+    verified: bool = False
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """The outcome of :func:`plan`: ``keep`` (name -> reasons) and ``delete`` (oldest
+    first)."""
+
+    keep: dict[str, list[str]]
+    delete: list[str]
+
+    def describe(self) -> list[str]:
+        """One line per kept backup: ``name: reason; reason``."""
+        return [f"{name}: {'; '.join(reasons)}" for name, reasons in self.keep.items()]
+
+
+def deploy_id_of(db: str, name: str) -> str | None:
+    """The deploy id in ``<db>-<id>.dump`` (None: not a backup of ``db``)."""
+    match = re.fullmatch(re.escape(db) + r"-([A-Za-z0-9][A-Za-z0-9._-]*)\.dump", name)
+    return match[1] if match else None
+
+
+def rollback_deploy(history: Sequence[DeployOutcome]) -> str | None:
+    """The id of the newest successful deploy in ``history`` (oldest first), if any."""
+    done = [r.id for r in history if r.kind == "deploy" and r.result == "succeeded"]
+    return done[-1] if done else None
+
+
+def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db: str,
+         keep_last: int | None, keep_days: float | None, now: float,
+         protect: Iterable[str] = ()) -> RetentionPlan:
+    """Decide which of ``db``'s backups stay and why, and which go.
+
+    Args:
+        backups: the files found (other databases' files are ignored).
+        history: deploy records, oldest first (``journal.summarize_history``).
+        keep_last: how many of the newest deploy backups, and separately of the
+            newest manual backups, to keep.
+        keep_days: keep every backup younger than this many days.
+        now: the host's clock (epoch seconds).
+        protect: names always kept (e.g. the backup just written).
+    """
+    ours = [b for b in backups if deploy_id_of(db, b.name) is not None]
+    keep: dict[str, list[str]] = {}
+
+    def mark(name: str, reason: str) -> None:
+        keep.setdefault(name, []).append(reason)
+
+    rollback_id = rollback_deploy(history)
+    for b in ours:
+        if rollback_id is not None and deploy_id_of(db, b.name) == rollback_id:
+            mark(b.name, f"pre-deploy backup of {rollback_id}, the newest successful deploy "
+                         f"(rollback --db)")
+    verified = sorted((b for b in ours if b.verified), key=lambda b: (b.mtime, b.name))
+    if verified:
+        mark(verified[-1].name, "newest verified backup")
+    for name in protect:
+        if any(b.name == name for b in ours):
+            mark(name, "just written")
+    if keep_last is None and keep_days is None:
+        for b in ours:
+            keep.setdefault(b.name, ["no retention rule set"])
+        return RetentionPlan(_ordered(keep, ours), [])
+    if keep_last is not None:
+        for manual in (False, True):
+            group = [b for b in ours
+                     if str(deploy_id_of(db, b.name)).startswith(MANUAL_PREFIX) == manual]
+            newest = sorted(group, key=lambda b: (-b.mtime, b.name))[:keep_last]
+            for b in newest:
+                mark(b.name, f"among the {keep_last} newest {'manual' if manual else 'deploy'}"
+                             f" backups")
+    if keep_days is not None:
+        for b in ours:
+            if b.mtime >= now - keep_days * 86400:
+                mark(b.name, f"younger than {keep_days:g} days")
+    delete = [b.name for b in sorted(ours, key=lambda b: (b.mtime, b.name))
+              if b.name not in keep]
+    return RetentionPlan(_ordered(keep, ours), delete)
+
+
+def _ordered(keep: dict[str, list[str]], ours: Sequence[BackupFile]) -> dict[str, list[str]]:
+    """``keep`` newest first."""
+    order = {b.name: (-b.mtime, b.name) for b in ours}
+    return {n: keep[n] for n in sorted(keep, key=lambda n: order.get(n, (0.0, n)))}
 
 
 def expired(entries: Sequence[tuple[str, float]], *, keep_last: int | None,
-              keep_days: float | None, now: float, keep: Iterable[str] = ()) -> list[str]:
-    """Names of backups to remove: those neither among the ``keep_last`` newest nor
-    younger than ``keep_days`` (nor in ``keep``). Without a rule nothing goes."""
+            keep_days: float | None, now: float, keep: Iterable[str] = ()) -> list[str]:
+    """Names of files to remove by count and age alone: those neither among the
+    ``keep_last`` newest nor younger than ``keep_days`` (nor in ``keep``). Without a rule
+    nothing goes. (Backups use :func:`plan`, which also protects by history.)"""
     if keep_last is None and keep_days is None:
         return []
     kept = set(keep)
@@ -18,3 +159,42 @@ def expired(entries: Sequence[tuple[str, float]], *, keep_last: int | None,
     if keep_days is not None:
         kept.update(name for name, mtime in entries if mtime >= now - keep_days * 86400)
     return sorted(name for name, _ in entries if name not in kept)
+
+
+def listing_script(directory: str, db: str) -> str:
+    """Shell lines printing ``entry <mtime> <size> <0|1 sidecar> <name>`` for each
+    ``<db>-*.dump`` in ``directory`` (nothing when it does not exist)."""
+    d = quote(directory)
+    return (f"if [ -d {d} ]; then find {d} -maxdepth 1 -type f "
+            f"-name {quote(db + '-*.dump')} -printf '%T@ %s %f\\n' | "
+            "while read -r dk_m dk_s dk_n; do "
+            f'if [ -f {d}/"$dk_n.sha256" ]; then dk_v=1; else dk_v=0; fi; '
+            'printf "entry %s %s %s %s\\n" "$dk_m" "$dk_s" "$dk_v" "$dk_n"; done; fi')
+
+
+def parse_listing(lines: Iterable[str]) -> list[BackupFile]:
+    """The files :func:`listing_script` printed (other lines are ignored)."""
+    found: list[BackupFile] = []
+    for line in lines:
+        parts = line.split(" ", 4)
+        if parts[0] != "entry" or len(parts) != 5:
+            continue
+        try:
+            found.append(BackupFile(parts[4], float(parts[1]), int(parts[2]), parts[3] == "1"))
+        except ValueError:
+            continue
+    return found
+
+
+def history_script(app: str) -> str:
+    """Shell lines printing the host's newest history lines of ``app``, each prefixed
+    ``history `` (nothing when there is no history)."""
+    path = quote(f"{journal.state_dir(app)}/history.jsonl")
+    return (f"if [ -f {path} ]; then tail -n {HISTORY_LINES} -- {path} | "
+            "sed 's/^/history /'; fi")
+
+
+def parse_history_lines(lines: Iterable[str]) -> list[journal.DeployRecord]:
+    """The deploy records in what :func:`history_script` printed, oldest first."""
+    text = "\n".join(line[len("history "):] for line in lines if line.startswith("history "))
+    return journal.summarize_history(journal.parse_history(text))
