@@ -46,7 +46,7 @@ def test_manual_backups_do_not_push_deploy_backups_out() -> None:
 
 
 def test_newest_verified_backup_is_kept_even_when_newer_ones_are_not() -> None:
-    found = files("d1", "d2") + [BackupFile("app-d3.dump", NOW, 10, False)]
+    found = [*files("d1", "d2"), BackupFile("app-d3.dump", NOW, 10, False)]
     rule = retention.plan(found, [], db="app", keep_last=1, keep_days=None, now=NOW)
     assert rule.keep == {"app-d3.dump": ["among the 1 newest deploy backups"],
                          "app-d2.dump": ["newest verified backup"]}
@@ -54,7 +54,7 @@ def test_newest_verified_backup_is_kept_even_when_newer_ones_are_not() -> None:
 
 
 def test_no_rule_deletes_nothing_and_other_files_are_ignored() -> None:
-    found = files("d1", "d2") + [BackupFile("other-d1.dump", 0.0)]
+    found = [*files("d1", "d2"), BackupFile("other-d1.dump", 0.0)]
     rule = retention.plan(found, [], db="app", keep_last=None, keep_days=None, now=NOW)
     assert rule.delete == [] and "other-d1.dump" not in rule.keep
     aged = retention.plan(files("d1", "d2", "d3"), [], db="app", keep_last=None, keep_days=0.1,
@@ -78,3 +78,24 @@ def test_listing_and_history_lines_parse() -> None:
         BackupFile("app with space.dump", 1.0, 2, False)]
     [record] = retention.parse_history_lines(lines)
     assert (record.id, record.result) == ("d0", "succeeded")
+
+
+def test_old_databases_keep_the_newest_and_the_young() -> None:
+    names = ["app_old_20200101000000", "app_old_20200102000000_2", "app_old_20260101T000000Z",
+             "app_old_20260105000000", "app_undone_20200101000000", "app_old_nostamp",
+             "app", "app_restore", "other_old_20200101000000"]
+    now = retention.retired_at("app_old_20260105120000")
+    assert now is not None
+    rule = retention.old_databases(names, db="app", now=now, keep_days=7)
+    assert rule.delete == ["app_old_20200101000000", "app_old_20200102000000_2"]
+    assert rule.keep == {
+        "app_old_nostamp": ["its name carries no time: kept"],
+        "app_old_20260105000000": ["newest app_old_* database (the only copy of what was "
+                                   "written after the backup it replaced)",
+                                   "younger than 7 days"],
+        "app_undone_20200101000000": ["newest app_undone_* database (the restored copy an "
+                                      "undo set aside)"],
+        "app_old_20260101T000000Z": ["younger than 7 days"]}
+    only = retention.old_databases(["app_old_20200101000000"], db="app", now=now,
+                                   keep_days=None)
+    assert only.delete == [] and list(only.keep) == ["app_old_20200101000000"]

@@ -20,6 +20,7 @@ so that the backup task and prune see the same thing.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from deploykit import journal
 from deploykit.shell import quote
 
 __all__ = ["HISTORY_LINES", "MANUAL_PREFIX", "BackupFile", "DeployOutcome", "RetentionPlan",
-           "deploy_id_of", "expired", "history_script", "listing_script", "parse_history_lines",
-           "parse_listing", "plan", "rollback_deploy"]
+           "deploy_id_of", "expired", "history_script", "listing_script", "old_databases",
+           "parse_history_lines", "parse_listing", "plan", "rollback_deploy"]
 
 MANUAL_PREFIX = "manual-"
 """Deploy ids of backups taken by hand (``invoke backup``) start with this."""
@@ -137,6 +138,54 @@ def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db:
     delete = [b.name for b in sorted(ours, key=lambda b: (b.mtime, b.name))
               if b.name not in keep]
     return RetentionPlan(_ordered(keep, ours), delete)
+
+
+def retired_at(name: str) -> float | None:
+    """When a ``<db>_old_<UTC stamp>`` / ``<db>_undone_<UTC stamp>`` database was retired
+    (epoch seconds), from the 14 digits of its stamp (``20260101120000``,
+    ``20260101T120000Z`` and a ``_2`` suffix are read); None when there is no stamp."""
+    match = re.search(r"_(?:old|undone)_([0-9TZ]+)(?:_\d+)?$", name)
+    digits = re.sub(r"\D", "", match[1]) if match else ""
+    if len(digits) != 14:
+        return None
+    try:
+        when = datetime.datetime.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=datetime.UTC).timestamp()
+
+
+def old_databases(names: Sequence[str], *, db: str, now: float,
+                  keep_days: float | None) -> RetentionPlan:
+    """Which databases a restore kept (``<db>_old_*``) or an undone restore kept
+    (``<db>_undone_*``) stay, and why; other names are ignored.
+
+    Always kept: the newest of each kind (after ``rollback --db`` the newest
+    ``<db>_old_*`` is the only copy of what was written after the backup), any
+    retired less than ``keep_days`` ago, and any whose name carries no readable
+    time. The rest go, oldest first.
+    """
+    pattern = re.compile(re.escape(db) + r"_(old|undone)_[A-Za-z0-9_]+")
+    keep: dict[str, list[str]] = {}
+    dated: list[tuple[float, str]] = []
+    for kind in ("old", "undone"):
+        group = [n for n in names if (m := pattern.fullmatch(n)) and m[1] == kind]
+        timed = sorted((when, n) for n in group if (when := retired_at(n)) is not None)
+        for n in group:
+            if retired_at(n) is None:
+                keep.setdefault(n, []).append("its name carries no time: kept")
+        if timed:
+            what = ("the only copy of what was written after the backup it replaced"
+                    if kind == "old" else "the restored copy an undo set aside")
+            keep.setdefault(timed[-1][1], []).append(f"newest {db}_{kind}_* database ({what})")
+        dated += timed
+    if keep_days is not None:
+        for when, n in dated:
+            if when >= now - keep_days * 86400:
+                keep.setdefault(n, []).append(
+                    f"younger than {keep_days:g} day{'' if keep_days == 1 else 's'}")
+    delete = [n for _, n in sorted(dated) if n not in keep]
+    return RetentionPlan(keep, delete)
 
 
 def _ordered(keep: dict[str, list[str]], ours: Sequence[BackupFile]) -> dict[str, list[str]]:
