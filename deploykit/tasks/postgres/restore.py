@@ -20,8 +20,15 @@ from deploykit.tasks.postgres.checks import (
     render_differences,
     table_identifier,
 )
-from deploykit.tasks.postgres.dumps import FileTask, backup_path, parse_dump, verify_script
+from deploykit.tasks.postgres.dumps import (
+    FileTask,
+    backup_path,
+    parse_dump,
+    program_path,
+    verify_script,
+)
 from deploykit.tasks.postgres.session import (
+    SCOPE_KEY,
     DatabaseFacts,
     PgTask,
     Scope,
@@ -52,9 +59,11 @@ class RestoreTask(FileTask):
     def __init__(self, db: str, source: str, *, tables: Sequence[str] = (),
                  expect_counts: Mapping[str, int] | None = None,
                  assertions: Sequence[str] = (), analyze: bool = True,
-                 require_checksum: bool = False, **kwargs: Any) -> None:
+                 require_checksum: bool = False, if_changed: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         backup_path("x", db, "x")  # validates the database name
+        self.if_changed = if_changed
         if not source.startswith("/") or "\0" in source:
             raise ConfigError(f"dump path must be absolute, got {source!r}")
         self.db = db
@@ -71,15 +80,35 @@ class RestoreTask(FileTask):
         return f"{self.db} <- {self.source}"
 
     def probe_script(self) -> str:
-        return verify_script(quote(self.source), self.bin_dir)
+        check = verify_script(quote(self.source), self.bin_dir)
+        if self.require_checksum:
+            return check
+        # no checksum file: the other means of verifying is reading every block
+        return check + "\n" + (
+            'if [ -f "$dk_dump" ] && [ ! -f "$dk_dump.sha256" ]; then '
+            f'if dk_err=$({program_path(self.bin_dir, "pg_restore")} --file=/dev/null '
+            '-- "$dk_dump" 2>&1 >/dev/null); then echo \'read ok\'; '
+            "else printf 'read fail %s\\n' \"$(printf '%s' \"$dk_err\" | tr '\\n' ' ' | "
+            "cut -c1-300)\"; fi; fi")
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         f = self.shell(conn, facts)
         dump = facts["dump"] = parse_dump(f["lines"], self.source)
         problems = dump.problems(require_checksum=self.require_checksum)
+        where = f"cannot restore database {self.db!r} from {self.source} on host {conn.name}"
         if problems:
-            raise self.error(conn, f"cannot restore database {self.db!r} from {self.source} on "
-                                   f"host {conn.name}: the dump {'; '.join(problems)}")
+            raise self.error(conn, f"{where}: the dump {'; '.join(problems)}")
+        if dump.sidecar is None:
+            read = f["values"].get("read", "fail (no answer)")
+            if read != "ok":
+                raise self.error(conn, f"{where}: the dump has no checksum file and "
+                                       f"pg_restore cannot read it in full "
+                                       f"({read.removeprefix('fail ').strip()}); nothing was "
+                                       f"changed")
+            verified_by = (f"reading the whole dump with pg_restore (no checksum file "
+                           f"{self.source}.sha256)")
+        else:
+            verified_by = f"its checksum file {self.source}.sha256"
         self.client(conn, "pg_restore")  # a configuration error shows before anything else
         live = facts["live"] = database_facts(self.scope(facts).sql("postgres"), self.db)
         if live is None:
@@ -88,13 +117,17 @@ class RestoreTask(FileTask):
                                    f"replaces an existing database")
         marker = parse_marker(live.comment)
         data = self.scope(facts).data
-        data.update(database=self.db, source=self.source, sha256=dump.actual)
+        data.update(database=self.db, source=self.source, sha256=dump.actual,
+                    verified_by=verified_by)
         plan = Plan()
-        if marker is not None and marker.get("sha256") == dump.actual:
-            data["previous"] = marker.get("previous")
+        same = marker is not None and marker.get("sha256") == dump.actual
+        if same and (self.if_changed or facts.get("after_apply")):
+            data["previous"] = marker.get("previous") if marker else None
             return plan
-        plan.add("database", f"{self.db} as it is",
-                 f"{self.db} restored from {self.source} (sha256:{(dump.actual or '')[:12]})")
+        plan.add("database", f"{self.db} as it is" if not same else
+                 f"{self.db} (already restored from this dump, changed since or not)",
+                 f"{self.db} restored from {self.source} (sha256:{(dump.actual or '')[:12]})"
+                 + ("" if dump.sidecar is not None else ", no checksum file: read in full"))
         plan.add("previous database", None, f"kept as {self.db}_old_<UTC timestamp>")
         return plan
 
@@ -123,6 +156,7 @@ class RestoreTask(FileTask):
             swap_started = time.monotonic()
             swap_databases(s, self.db, staging, retire, marker_text(record))
             scope.data["swap_seconds"] = round(time.monotonic() - swap_started, 3)
+            scope.data["previous_accepts_connections"] = True
         except DeployError:
             scope.close(staging)
             with contextlib.suppress(DeployError):
@@ -131,6 +165,13 @@ class RestoreTask(FileTask):
         scope.data["previous"] = retire
         undo.push(f"swap database {self.db} back to {retire}", swap_action(
             self.settings_for(conn), self.name, lambda x: swap_back(x, self.db, retire)))
+
+    def changed_after_apply(self, conn: Connection, facts: Facts) -> Plan:
+        """Re-probe: the live database now records this dump (a restore is not redone)."""
+        fresh = self.probe(conn)
+        fresh[SCOPE_KEY] = facts[SCOPE_KEY]
+        fresh["after_apply"] = True
+        return self.plan(conn, fresh)
 
     def create_like(self, s: Session, live: DatabaseFacts, staging: str) -> sql.Composed:
         """CREATE DATABASE ``staging`` like the live database: owner, encoding, locale
@@ -207,7 +248,7 @@ class RestoreTask(FileTask):
 
 def restore(db: str, source: str, *, tables: Sequence[str] = (),
             expect_counts: Mapping[str, int] | None = None, assertions: Sequence[str] = (),
-            analyze: bool = True, require_checksum: bool = False,
+            analyze: bool = True, require_checksum: bool = False, if_changed: bool = False,
             os_user: str | None = "postgres", bin_dir: str | None = None,
             timeout: float | None = None, settings: PgSettings | None = None,
             name: str | None = None) -> RestoreTask:
@@ -230,17 +271,29 @@ def restore(db: str, source: str, *, tables: Sequence[str] = (),
         assertions: SQL queries returning one boolean, each must be true in
             the restored copy (read-only).
         analyze: run ANALYZE on the restored copy before the swap.
+        require_checksum: refuse a dump without its ``.sha256`` file.
+        if_changed: skip when ``db`` already records this dump (see above).
         os_user, bin_dir, timeout, settings: as for :func:`backup`.
 
-    Idempotence: the restored ``db`` records the dump's SHA-256 in its comment;
-    restoring the same dump again is ``ok``. Undo (registered after the swap):
+    The dump is checked first (``pg_restore --list``; its ``.sha256`` sidecar when
+    present). Without a sidecar it is read in full by ``pg_restore`` before
+    anything changes (``Result.data["verified_by"]`` says which way it was
+    verified); ``require_checksum=True`` refuses such a dump instead.
+
+    A restore is an action, not a state: asked for, it always restores (with
+    swap), even when ``db`` came from this very dump (rows written since then
+    are in the set-aside copy). ``if_changed=True`` skips it (``ok``) when
+    ``db``'s comment records this dump's SHA-256, whatever was written since.
+    The set-aside ``<db>_old_<timestamp>`` accepts connections (copy rows out
+    of it; ``invoke prune`` keeps the newest). Undo (registered after the swap):
     :func:`undo_restore`'s swap back. ``Result.data``: ``source``, ``sha256``,
     ``previous`` (the kept database), ``counts``, ``swap_seconds`` (from refusing
     new sessions to the commit: what clients of ``db`` saw as downtime).
     """
     return RestoreTask(db, source, tables=tables, expect_counts=expect_counts,
                        assertions=assertions, analyze=analyze,
-                       require_checksum=require_checksum, os_user=os_user, bin_dir=bin_dir,
+                       require_checksum=require_checksum, if_changed=if_changed,
+                       os_user=os_user, bin_dir=bin_dir,
                        timeout=timeout, settings=settings, name=name)
 
 

@@ -105,8 +105,9 @@ def swap_databases(s: Session, live: str, incoming: str, retire_as: str,
     """Put database ``incoming`` in the place of ``live``, which becomes ``retire_as``.
 
     ``ALLOW_CONNECTIONS false`` on both and their sessions terminated, then one
-    transaction: both renames, ``ALLOW_CONNECTIONS true`` on the new ``live``,
-    and its comment (when given). ``retire_as`` keeps ``ALLOW_CONNECTIONS false``.
+    transaction: both renames, ``ALLOW_CONNECTIONS true`` on the new ``live`` and on
+    ``retire_as`` (so its rows can be read or copied out), and ``live``'s comment
+    (when given).
     On failure nothing is renamed and ``live`` accepts connections again.
     """
     old, new, retired = (sql.Identifier(n) for n in (live, incoming, retire_as))
@@ -118,6 +119,7 @@ def swap_databases(s: Session, live: str, incoming: str, retire_as: str,
             s.write(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, retired))
             s.write(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new, old))
             s.write(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old))
+            s.write(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(retired))
             if comment is not None:
                 s.write(sql.SQL("COMMENT ON DATABASE {} IS {}").format(old, sql.Literal(comment)))
     except DeployError as exc:
