@@ -113,3 +113,19 @@ def test_a_dump_without_checksum_file_is_read_in_full_first(conn: Connection,
             f"checksum file and pg_restore cannot read it in full") in bad.message
     assert writes(conn, mark) == []  # refused before anything was created or changed
     assert orders(conn, db) == 11
+
+
+def test_backup_and_restore_over_tcp_access(conn: Connection,
+                                            shop: tuple[str, str, str]) -> None:
+    db, _, prefix = shop
+    tcp = postgres.Access.tcp()
+    made = postgres.backup(db, app=prefix, deploy_id="tcp1", access=tcp).run(conn)
+    assert made.changed, made.message
+    admin(conn, "DELETE FROM orders", db=db)
+    mark = len(conn.log)
+    restored = postgres.restore(db, str(made.data["path"]), access=tcp).run(conn)
+    assert restored.changed, restored.message
+    assert orders(conn, db) == 10
+    commands = [e.command for e in conn.log[mark:]]
+    assert any("pg_restore --host=127.0.0.1" in c for c in commands)
+    assert not any("runuser" in c for c in commands)

@@ -464,7 +464,7 @@ def test_backup_over_tcp_with_password(conn: Connection, host: Any, admin: Admin
     no_password = dataclasses.replace(pg.PgSettings.from_host(conn.host), password=None)
     failed(postgres.backup(db, app=prefix, deploy_id="x", os_user=None,
                            settings=no_password).run(conn),
-           "os_user=None connects with a password: set postgres_password")
+           "postgres access over TCP needs a password: set postgres_password")
 
 
 # -- bad input: one clear message, nothing lost ----------------------------------------

@@ -33,6 +33,7 @@ from deploykit.tasks.postgres import (
     scram_verifier,
     split_guc_list,
 )
+from deploykit.tasks.postgres.access import Access
 
 # (password, verifier stored by PostgreSQL 15 for it)
 SERVER_VERIFIERS = {
@@ -244,7 +245,8 @@ def test_retention() -> None:
     assert retention.expired(entries, keep_last=None, keep_days=None, now=now) == []
     assert retention.expired(entries, keep_last=2, keep_days=None, now=now) == ["a.dump", "b.dump"]
     assert retention.expired(entries, keep_last=None, keep_days=3, now=now) == ["a.dump", "b.dump"]
-    assert retention.expired(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]  # either keeps
+    # either rule keeps
+    assert retention.expired(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]
     assert retention.expired(entries, keep_last=1, keep_days=None, now=now, keep=["a.dump"]) == [
         "b.dump", "c.dump"]
 
@@ -292,14 +294,47 @@ def test_backup_names_are_checked() -> None:
 
 def test_client_commands() -> None:
     settings = PgSettings(port=5433, user="postgres", password=Secret("pw"))
-    prefix, stdin = postgres.dumps.client_command(settings, "pg_dump", os_user="postgres", bin_dir=None)
+    prefix, stdin = Access.socket().command(settings, "pg_dump")
     assert (prefix, stdin) == ("runuser -u postgres -- pg_dump --username=postgres --port=5433 "
                                "--no-password", None)
-    prefix, stdin = postgres.dumps.client_command(settings, "pg_restore", os_user=None,
-                                     bin_dir="/usr/lib/postgresql/15/bin")
+    prefix, stdin = Access.tcp(bin_dir="/usr/lib/postgresql/15/bin").command(settings,
+                                                                             "pg_restore")
     assert prefix == ("/usr/lib/postgresql/15/bin/pg_restore --host=127.0.0.1 "
                       "--username=postgres --port=5433 --no-password")
     assert stdin == b"pw\n" and "pw" not in prefix
+    with pytest.raises(ConfigError, match="over TCP needs a password"):
+        Access.tcp().command(PgSettings(), "pg_dump")
+
+
+def test_docker_access_command_lines() -> None:
+    docker = Access.docker("shop db", os_user="pg")
+    prefix, stdin = docker.command(PgSettings(port=5432, user="app"), "pg_dump")
+    assert (prefix, stdin) == ("docker exec -i -u pg 'shop db' pg_dump --username=app "
+                               "--port=5432 --no-password", None)
+    prefix, stdin = docker.command(PgSettings(user="app", password=Secret("s3cret")),
+                                   "pg_restore")
+    assert prefix == ("docker exec -i -e PGPASSWORD -u pg 'shop db' pg_restore --username=app "
+                      "--port=5432 --no-password")
+    assert stdin == b"s3cret\n" and "s3cret" not in prefix
+    assert docker.reader() == "docker exec -i 'shop db' pg_restore"
+    with pytest.raises(ConfigError, match="needs a container name"):
+        Access("docker")
+
+
+def test_access_from_host_vars() -> None:
+    def settings(**vars: object) -> PgSettings:
+        return PgSettings.from_host(Host(name="db-1", address="198.18.0.7", vars=vars))
+
+    assert Access.from_settings(settings()) == Access.socket()
+    assert Access.from_settings(settings(), os_user=None) == Access.tcp()
+    assert Access.from_settings(settings(postgres_access="docker", postgres_container="pg")) \
+        == Access.docker("pg")
+    assert Access.from_settings(settings(postgres_access="socket",
+                                         postgres_os_user="pg15")) == Access.socket("pg15")
+    with pytest.raises(ConfigError, match="postgres_access must be socket, tcp or docker"):
+        settings(postgres_access="ssh")
+    task = postgres.backup("app", app="shop", deploy_id="d1", access=Access.docker("pg"))
+    assert "docker exec -i pg pg_restore --list < " in task.probe_script()
 
 
 # -- restore bookkeeping -----------------------------------------------------------------
@@ -314,7 +349,8 @@ def test_restore_record_and_settings() -> None:
         "$user", "public", 'odd, "name"']
     assert postgres.swap.setting_sql("search_path", '"$user", public').as_string(None) == \
         "\"search_path\" = '$user', 'public'"
-    assert postgres.swap.setting_sql("app.mode", "a b").as_string(None) == "\"app\".\"mode\" = 'a b'"
+    assert postgres.swap.setting_sql("app.mode", "a b").as_string(None) == \
+        "\"app\".\"mode\" = 'a b'"
 
 
 def test_sql_tasks_send_no_shell_probe() -> None:

@@ -3,6 +3,7 @@
 A package of small modules, each with one job; every public name is re-exported here::
 
     session    PgTask, Session, Scope: one psycopg session per database per run
+    access     how pg_dump/pg_restore reach the server: socket, TCP or docker exec
     scram      SCRAM-SHA-256 verifiers computed on the controller
     objects    database, extension
     roles      role, privilege
@@ -98,6 +99,7 @@ from deploykit.tasks.migrations import (
     rollback as rollback,
 )
 from deploykit.tasks.postgres import retention
+from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.backup import (
     BackupTask,
     LatestBackupTask,
@@ -162,6 +164,7 @@ from deploykit.tasks.postgres.swap import (
 __all__ = [
     "BACKUP_ROOT",
     "PRIVILEGES",
+    "Access",
     "BackupTask",
     "CompareCountsTask",
     "CountDifference",

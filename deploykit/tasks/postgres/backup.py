@@ -14,13 +14,13 @@ from deploykit.pg import PgSettings
 from deploykit.shell import quote
 from deploykit.task import Facts, Plan, UndoStack
 from deploykit.tasks.postgres import retention
+from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.dumps import (
     DumpFacts,
     FileTask,
     backup_dir,
     backup_path,
     parse_dump,
-    program_path,
     verify_script,
 )
 from deploykit.tasks.postgres.session import SCOPE_KEY, describe_server
@@ -61,7 +61,7 @@ class BackupTask(FileTask):
         d = quote(self.directory)
         return "\n".join([
             "echo \"now $(date +%s)\"",
-            verify_script(quote(self.path), self.bin_dir),
+            verify_script(quote(self.path), reader=self.reader),
             f'dk_p={d}; while [ ! -e "$dk_p" ]; do dk_p=$(dirname -- "$dk_p"); done',
             "printf 'space %s\\n' \"$(stat -f -c '%a %S' -- \"$dk_p\")\"",
             retention.listing_script(self.directory, self.db),
@@ -139,7 +139,7 @@ class BackupTask(FileTask):
                 f"{dump} --format=custom"
                 + (f" --compress={self.compress}" if self.compress is not None else "")
                 + f' --dbname={quote(self.db)} > "$dk_tmp"',
-                f'{program_path(self.bin_dir, "pg_restore")} --list -- "$dk_tmp" > /dev/null',
+                f'{self.access_for(conn).reader()} --list < "$dk_tmp" > /dev/null',
                 'dk_sum=$(sha256sum < "$dk_tmp" | cut -c1-64)',
                 f"printf '%s  %s\\n' \"$dk_sum\" {quote(self.path.rsplit('/', 1)[-1])} "
                 '> "$dk_tmp.sha256"',
@@ -175,8 +175,8 @@ def backup(db: str, *, app: str, deploy_id: str, directory: str | None = None,
            keep_last: int | None = None, keep_days: float | None = None,
            space_factor: float = 1.0, compress: int | None = None,
            os_user: str | None = "postgres", bin_dir: str | None = None,
-           timeout: float | None = None, settings: PgSettings | None = None,
-           name: str | None = None) -> BackupTask:
+           access: Access | None = None, timeout: float | None = None,
+           settings: PgSettings | None = None, name: str | None = None) -> BackupTask:
     """Back database ``db`` up with ``pg_dump --format=custom`` on the database host.
 
     The dump goes to ``/var/backups/<app>/<db>-<deploy_id>.dump`` (directory
@@ -203,6 +203,9 @@ def backup(db: str, *, app: str, deploy_id: str, directory: str | None = None,
             authentication); None: over TCP as the settings' user, with the
             password passed on stdin.
         bin_dir: where pg_dump and pg_restore are (default: the PATH).
+        access: how pg_dump reaches the server (:class:`~.access.Access`: the OS
+            user over the socket, TCP with a password, or ``docker exec`` into a
+            container); default: the host's ``postgres_access``, else ``os_user``.
         timeout: seconds the dump may take (default: the connection's).
 
     A missing database, a refused login or too little space fail before
@@ -212,7 +215,8 @@ def backup(db: str, *, app: str, deploy_id: str, directory: str | None = None,
     """
     return BackupTask(db, app=app, deploy_id=deploy_id, directory=directory,
                       keep_last=keep_last, keep_days=keep_days, space_factor=space_factor,
-                      compress=compress, os_user=os_user, bin_dir=bin_dir, timeout=timeout,
+                      compress=compress, os_user=os_user, bin_dir=bin_dir, access=access,
+                      timeout=timeout,
                       settings=settings, name=name)
 
 
@@ -260,7 +264,7 @@ class VerifyBackupTask(_VerifyTask):
         return self.path
 
     def probe_script(self) -> str:
-        return "echo \"now $(date +%s)\"\n" + verify_script(quote(self.path), self.bin_dir)
+        return "echo \"now $(date +%s)\"\n" + verify_script(quote(self.path), reader=self.reader)
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         f = self.shell(conn, facts)
@@ -303,7 +307,7 @@ class LatestBackupTask(_VerifyTask):
             f"-name {quote(self.db + '-*.dump')} -printf '%T@ %p\\n' 2>/dev/null "
             "| sort -n | tail -n 1 | cut -d' ' -f2-)",
             'if [ -n "$dk_f" ]; then printf \'path %s\\n\' "$dk_f"',
-            verify_script('"$dk_f"', self.bin_dir),
+            verify_script('"$dk_f"', reader=self.reader),
             "else echo 'path -'; fi",
         ])
 

@@ -12,8 +12,8 @@ from typing import Any
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.pg import PgSettings
-from deploykit.shell import quote
 from deploykit.task import Facts
+from deploykit.tasks.postgres.access import READ_PASSWORD, Access, program_path
 from deploykit.tasks.postgres.session import PgTask
 
 BACKUP_ROOT = "/var/backups"
@@ -45,15 +45,12 @@ def backup_dir(app: str, directory: str | None) -> str:
 
 
 
-def program_path(bin_dir: str | None, name: str) -> str:
-    return quote(f"{bin_dir.rstrip('/')}/{name}" if bin_dir else name)
-
-
-def verify_script(path_expr: str, bin_dir: str | None = None) -> str:
+def verify_script(path_expr: str, bin_dir: str | None = None, *,
+                  reader: str | None = None) -> str:
     """A snippet printing :class:`DumpFacts` lines for the dump at ``path_expr`` (a shell
     word: a quoted path or ``"$var"``): size, mtime and mode, the sidecar's line, the
     actual SHA-256, and whether ``pg_restore --list`` reads it. Never fails."""
-    restore = program_path(bin_dir, "pg_restore")
+    restore = reader or program_path(bin_dir, "pg_restore")
     return (
         f"dk_dump={path_expr}\n"
         'if [ -f "$dk_dump" ]; then\n'
@@ -62,7 +59,7 @@ def verify_script(path_expr: str, bin_dir: str | None = None) -> str:
         "printf 'sidecar %s\\n' \"$(head -c 1000 -- \"$dk_dump.sha256\" | head -n 1)\"; "
         "else echo 'sidecar -'; fi\n"
         "  printf 'actual %s\\n' \"$(sha256sum < \"$dk_dump\" | cut -c1-64)\"\n"
-        f'  if dk_err=$({restore} --list -- "$dk_dump" 2>&1 >/dev/null); '
+        f'  if dk_err=$({restore} --list < "$dk_dump" 2>&1 >/dev/null); '
         "then echo 'list ok'; "
         "else printf 'list fail %s\\n' \"$(printf '%s' \"$dk_err\" | tr '\\n' ' ' | "
         "cut -c1-300)\"; fi\n"
@@ -137,30 +134,6 @@ def parse_dump(lines: Iterable[str], path: str) -> DumpFacts:
 
 
 
-def client_command(settings: PgSettings, program: str, *, os_user: str | None, bin_dir: str | None
-            ) -> tuple[str, bytes | None]:
-    """Command prefix running a PostgreSQL client program on the host, and its stdin.
-
-    With ``os_user`` the program runs as that OS user (``runuser``) over the Unix
-    socket (peer authentication). Without, it connects over TCP and the script's
-    first line reads the password from stdin into PGPASSWORD (:data:`READ_PASSWORD`):
-    it never appears on a command line.
-    """
-    args = f"--username={quote(settings.user)} --port={int(settings.port)} --no-password"
-    if os_user is not None:
-        return f"runuser -u {quote(os_user)} -- {program_path(bin_dir, program)} {args}", None
-    if settings.password is None:
-        raise ConfigError("os_user=None connects with a password: set postgres_password or "
-                          "postgres_password_file for the host")
-    if "\n" in settings.password.reveal():
-        raise ConfigError("a password with a newline cannot be passed to pg_dump/pg_restore")
-    return (f"{program_path(bin_dir, program)} --host={quote(settings.server_host)} {args}",
-            settings.password.reveal().encode() + b"\n")
-
-
-READ_PASSWORD = "IFS= read -r PGPASSWORD || exit 3\nexport PGPASSWORD\n"
-
-
 def tail(text: str, lines: int = 4) -> str:
     return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
@@ -171,18 +144,32 @@ class FileTask(PgTask):
     shell_probe = True
 
     def __init__(self, *, bin_dir: str | None = None, os_user: str | None = "postgres",
-                 timeout: float | None = None, settings: PgSettings | None = None,
-                 name: str | None = None) -> None:
+                 access: Access | None = None, timeout: float | None = None,
+                 settings: PgSettings | None = None, name: str | None = None) -> None:
         super().__init__(settings=settings, name=name)
         self.bin_dir = bin_dir
         self.os_user = os_user
+        self.access = access
         self.timeout = timeout
 
+    def access_for(self, conn: Connection) -> Access:
+        """The given access, else the host's ``postgres_access``, else ``os_user``'s."""
+        if self.access is not None:
+            return self.access
+        return Access.from_settings(self.settings_for(conn), os_user=self.os_user,
+                                    bin_dir=self.bin_dir)
+
+    @property
+    def reader(self) -> str:
+        """The command reading a dump on stdin (``pg_restore``), for probes: in the
+        container with an explicit docker access, else on the host."""
+        return (self.access or Access.socket(bin_dir=self.bin_dir)).reader()
+
     def client(self, conn: Connection, program: str) -> tuple[str, bytes | None]:
-        """See :func:`client_command`; a ConfigError becomes this task's error."""
+        """The command prefix and stdin for ``program`` (:meth:`Access.command`); a
+        ConfigError becomes this task's error."""
         try:
-            return client_command(self.settings_for(conn), program, os_user=self.os_user,
-                                  bin_dir=self.bin_dir)
+            return self.access_for(conn).command(self.settings_for(conn), program)
         except ConfigError as exc:
             raise self.error(conn, exc.message) from None
 

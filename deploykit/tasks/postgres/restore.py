@@ -14,6 +14,7 @@ from deploykit.errors import ConfigError, DeployError
 from deploykit.pg import PgSettings
 from deploykit.shell import quote
 from deploykit.task import Facts, Plan, UndoStack
+from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.checks import (
     count_differences,
     count_rows,
@@ -24,7 +25,6 @@ from deploykit.tasks.postgres.dumps import (
     FileTask,
     backup_path,
     parse_dump,
-    program_path,
     verify_script,
 )
 from deploykit.tasks.postgres.session import (
@@ -80,14 +80,14 @@ class RestoreTask(FileTask):
         return f"{self.db} <- {self.source}"
 
     def probe_script(self) -> str:
-        check = verify_script(quote(self.source), self.bin_dir)
+        check = verify_script(quote(self.source), reader=self.reader)
         if self.require_checksum:
             return check
         # no checksum file: the other means of verifying is reading every block
         return check + "\n" + (
             'if [ -f "$dk_dump" ] && [ ! -f "$dk_dump.sha256" ]; then '
-            f'if dk_err=$({program_path(self.bin_dir, "pg_restore")} --file=/dev/null '
-            '-- "$dk_dump" 2>&1 >/dev/null); then echo \'read ok\'; '
+            f'if dk_err=$({self.reader} --file=/dev/null < "$dk_dump" 2>&1 >/dev/null); '
+            "then echo 'read ok'; "
             "else printf 'read fail %s\\n' \"$(printf '%s' \"$dk_err\" | tr '\\n' ' ' | "
             "cut -c1-300)\"; fi; fi")
 
@@ -250,8 +250,8 @@ def restore(db: str, source: str, *, tables: Sequence[str] = (),
             expect_counts: Mapping[str, int] | None = None, assertions: Sequence[str] = (),
             analyze: bool = True, require_checksum: bool = False, if_changed: bool = False,
             os_user: str | None = "postgres", bin_dir: str | None = None,
-            timeout: float | None = None, settings: PgSettings | None = None,
-            name: str | None = None) -> RestoreTask:
+            access: Access | None = None, timeout: float | None = None,
+            settings: PgSettings | None = None, name: str | None = None) -> RestoreTask:
     """Replace database ``db`` by a restore of the dump ``source`` (a path on the host),
     keeping the current ``db`` as ``<db>_old_<UTC timestamp>``.
 
@@ -273,7 +273,7 @@ def restore(db: str, source: str, *, tables: Sequence[str] = (),
         analyze: run ANALYZE on the restored copy before the swap.
         require_checksum: refuse a dump without its ``.sha256`` file.
         if_changed: skip when ``db`` already records this dump (see above).
-        os_user, bin_dir, timeout, settings: as for :func:`backup`.
+        os_user, bin_dir, access, timeout, settings: as for :func:`backup`.
 
     The dump is checked first (``pg_restore --list``; its ``.sha256`` sidecar when
     present). Without a sidecar it is read in full by ``pg_restore`` before
@@ -293,7 +293,7 @@ def restore(db: str, source: str, *, tables: Sequence[str] = (),
     return RestoreTask(db, source, tables=tables, expect_counts=expect_counts,
                        assertions=assertions, analyze=analyze,
                        require_checksum=require_checksum, if_changed=if_changed,
-                       os_user=os_user, bin_dir=bin_dir,
+                       os_user=os_user, bin_dir=bin_dir, access=access,
                        timeout=timeout, settings=settings, name=name)
 
 
