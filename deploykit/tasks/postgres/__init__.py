@@ -7,6 +7,7 @@ A package of small modules, each with one job; every public name is re-exported 
     scram      SCRAM-SHA-256 verifiers computed on the controller
     objects    database, extension
     roles      role, privilege
+    app_role   a least-privilege role and database for an app
     checks     snapshot_counts, compare_counts, query_check
     dumps      backup paths, dump verification, client programs on the host
     retention  which backups to keep (deploy cleanup and prune share it)
@@ -100,6 +101,7 @@ from deploykit.tasks.migrations import (
 )
 from deploykit.tasks.postgres import retention
 from deploykit.tasks.postgres.access import Access
+from deploykit.tasks.postgres.app_role import app_role
 from deploykit.tasks.postgres.backup import (
     BackupTask,
     LatestBackupTask,
@@ -183,6 +185,7 @@ __all__ = [
     "SnapshotCountsTask",
     "UndoRestoreTask",
     "VerifyBackupTask",
+    "app_role",
     "backup",
     "backup_path",
     "compare_counts",
