@@ -55,12 +55,16 @@ __all__ = [
     "BACKUP_DIR",
     "HELPER",
     "BackupTask",
+    "CompareCountsTask",
     "IntegrityTask",
     "RestoreTask",
+    "SnapshotCountsTask",
     "backup",
     "backup_path",
+    "compare_counts",
     "integrity_check",
     "restore",
+    "snapshot_counts",
 ]
 
 BACKUP_DIR = "/var/backups/deploykit/sqlite"
@@ -317,7 +321,7 @@ def _sidecar_digest(output: str) -> str | None:
     return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
 
 
-class _SqliteTask(Task):
+class SqliteTask(Task):
     """A task on one SQLite database file on the host."""
 
     def __init__(self, db: str, *, name: str | None = None) -> None:
@@ -331,11 +335,20 @@ class _SqliteTask(Task):
         """A TaskError on this task's host."""
         return TaskError(message, host=conn.name, task=self.name)
 
+    def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
+            undo: UndoStack | None = None) -> Result:
+        """As :meth:`Task.run`; what the task put in ``facts["data"]`` goes to
+        ``Result.data``."""
+        current = facts if facts is not None else self.probe(conn)
+        result = super().run(conn, check=check, facts=current, undo=undo)
+        result.data.update(current.get("data", {}))
+        return result
+
 
 # -- backup ---------------------------------------------------------------------------
 
 
-class BackupTask(_SqliteTask):
+class BackupTask(SqliteTask):
     """A verified backup of the database exists for a deploy id. See :func:`backup`."""
 
     kind: ClassVar[str] = "sqlite.backup"
@@ -405,7 +418,7 @@ def backup(db: str, deploy_id: str, *, backup_dir: str = BACKUP_DIR) -> BackupTa
 # -- integrity check ------------------------------------------------------------------
 
 
-class IntegrityTask(_SqliteTask):
+class IntegrityTask(SqliteTask):
     """The database passes ``PRAGMA integrity_check``. See :func:`integrity_check`."""
 
     kind: ClassVar[str] = "sqlite.integrity_check"
@@ -445,7 +458,7 @@ def integrity_check(db: str) -> IntegrityTask:
 # -- restore --------------------------------------------------------------------------
 
 
-class RestoreTask(_SqliteTask):
+class RestoreTask(SqliteTask):
     """Restore a backup's content into the database, in place. See :func:`restore`."""
 
     kind: ClassVar[str] = "sqlite.restore"
@@ -470,13 +483,6 @@ class RestoreTask(_SqliteTask):
                 "backup": parse_path(parts.get("backup", "")),
                 "sidecar": _sidecar_digest(parts.get("sidecar", "")),
                 "content": content, "data": {}}
-
-    def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
-            undo: UndoStack | None = None) -> Result:
-        current = facts if facts is not None else self.probe(conn)
-        result = super().run(conn, check=check, facts=current, undo=undo)
-        result.data.update(current.get("data", {}))
-        return result
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         db: PathFacts = facts["db"]
@@ -564,3 +570,14 @@ def restore(db: str, deploy_id: str | None = None, *, source: str | None = None,
         raise ConfigError("sqlite.restore: give either deploy_id or source (the backup file)")
     path = source if source is not None else backup_path(db, str(deploy_id), backup_dir)
     return RestoreTask(db, path, if_changed=if_changed)
+
+
+# Row counts live in their own module; they are SQLite tasks too, so they answer here.
+from deploykit.tasks.sqlite_checks import (  # noqa: E402
+    CompareCountsTask as CompareCountsTask,
+)
+from deploykit.tasks.sqlite_checks import (  # noqa: E402
+    SnapshotCountsTask as SnapshotCountsTask,
+)
+from deploykit.tasks.sqlite_checks import compare_counts as compare_counts  # noqa: E402
+from deploykit.tasks.sqlite_checks import snapshot_counts as snapshot_counts  # noqa: E402

@@ -82,6 +82,8 @@ reports carry them. A failed check is a ``failed`` result with a message.
 
 from __future__ import annotations
 
+from deploykit.tasks.counts import CountDifference, count_differences, render_differences
+
 # Migrations live in their own module (SQL directories, alembic and command
 # adapters); they are PostgreSQL tasks too, so they answer here as well.
 from deploykit.tasks.migrations import (
@@ -112,13 +114,10 @@ from deploykit.tasks.postgres.backup import (
 )
 from deploykit.tasks.postgres.checks import (
     CompareCountsTask,
-    CountDifference,
     QueryCheckTask,
     SnapshotCountsTask,
     compare_counts,
-    count_differences,
     query_check,
-    render_differences,
     snapshot_counts,
 )
 from deploykit.tasks.postgres.dumps import (

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -13,6 +11,10 @@ from deploykit.connection import Connection
 from deploykit.errors import ConfigError
 from deploykit.pg import PgSettings
 from deploykit.task import Facts, Plan, UndoStack
+from deploykit.tasks.counts import (
+    judge,
+    validate_tolerance,
+)
 from deploykit.tasks.postgres.session import Params, PgTask, Session, check_name, one_line
 
 
@@ -42,55 +44,6 @@ def count_rows(s: Session, tables: Sequence[str]) -> tuple[dict[str, int], list[
             sql.SQL("(SELECT count(*) FROM {})").format(idents[t]) for t in present))[0]
         counts = {t: int(n) for t, n in zip(present, row, strict=True)}
     return counts, missing
-
-
-@dataclass(frozen=True)
-class CountDifference:
-    """A table whose row count moved beyond the tolerance (``now`` None: it is gone)."""
-
-    table: str
-    baseline: int
-    now: int | None
-    allowed: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON data."""
-        return {"table": self.table, "baseline": self.baseline, "now": self.now,
-                "allowed": self.allowed}
-
-
-def count_differences(baseline: Mapping[str, int], now: Mapping[str, int], *,
-                      tolerance: float = 0.0, absolute: int = 0) -> list[CountDifference]:
-    """Tables whose count differs from ``baseline`` by more than
-    ``max(absolute, tolerance * baseline)`` rows, or that are gone."""
-    out = []
-    for table, base in baseline.items():
-        allowed = max(int(absolute), math.floor(tolerance * base))
-        current = now.get(table)
-        if current is None or abs(current - base) > allowed:
-            out.append(CountDifference(table, base, current, allowed))
-    return out
-
-
-def render_differences(differences: Sequence[CountDifference]) -> str:
-    """A plain-text table of count differences."""
-    header = ("table", "baseline", "now", "difference", "allowed")
-    rows = []
-    for d in differences:
-        if d.now is None:
-            now, delta = "missing", "-"
-        else:
-            change = d.now - d.baseline
-            pct = f" ({change / d.baseline:+.1%})" if d.baseline else ""
-            now, delta = str(d.now), f"{change:+d}{pct}"
-        rows.append((d.table, str(d.baseline), now, delta, f"±{d.allowed}"))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-
-    return "\n".join(line(r) for r in [header, *rows])
 
 
 class _CheckTask(PgTask):
@@ -153,8 +106,7 @@ class CompareCountsTask(_CheckTask):
             raise ConfigError("compare_counts: the baseline is empty")
         for t in self.baseline:
             table_identifier(t)
-        if tolerance < 0 or absolute < 0:
-            raise ConfigError("compare_counts: tolerance and absolute must not be negative")
+        validate_tolerance(tolerance, absolute)
         self.tolerance = tolerance
         self.absolute = absolute
 
@@ -163,15 +115,11 @@ class CompareCountsTask(_CheckTask):
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         counts, _ = count_rows(self.scope(facts).sql(self.db), list(self.baseline))
-        differences = count_differences(self.baseline, counts, tolerance=self.tolerance,
-                                        absolute=self.absolute)
-        self.scope(facts).data.update(database=self.db, counts=counts, baseline=self.baseline,
-                                      differences=[d.to_dict() for d in differences])
-        if differences:
-            raise self.error(conn, f"row counts in database {self.db!r} differ from the "
-                                   f"baseline beyond tolerance ({self.tolerance:g} of the "
-                                   f"baseline, or {self.absolute} rows):\n"
-                                   + render_differences(differences))
+        data, failure = judge(self.baseline, counts, tolerance=self.tolerance,
+                              absolute=self.absolute, where=f"database {self.db!r}")
+        self.scope(facts).data.update(database=self.db, **data)
+        if failure:
+            raise self.error(conn, failure)
         return Plan()
 
 

@@ -14,13 +14,9 @@ from deploykit.errors import ConfigError, DeployError
 from deploykit.pg import PgSettings
 from deploykit.shell import quote
 from deploykit.task import Facts, Plan, UndoStack
+from deploykit.tasks.counts import count_differences, render_differences
 from deploykit.tasks.postgres.access import Access
-from deploykit.tasks.postgres.checks import (
-    count_differences,
-    count_rows,
-    render_differences,
-    table_identifier,
-)
+from deploykit.tasks.postgres.checks import count_rows, table_identifier
 from deploykit.tasks.postgres.dumps import (
     FileTask,
     backup_path,
