@@ -55,14 +55,18 @@ __all__ = [
     "BACKUP_DIR",
     "HELPER",
     "BackupTask",
+    "CleanupBackupsTask",
     "CompareCountsTask",
     "IntegrityTask",
+    "ListBackupsTask",
     "RestoreTask",
     "SnapshotCountsTask",
     "backup",
     "backup_path",
+    "cleanup_backups",
     "compare_counts",
     "integrity_check",
+    "list_backups",
     "restore",
     "snapshot_counts",
 ]
@@ -572,7 +576,16 @@ def restore(db: str, deploy_id: str | None = None, *, source: str | None = None,
     return RestoreTask(db, path, if_changed=if_changed)
 
 
-# Row counts live in their own module; they are SQLite tasks too, so they answer here.
+# Row counts and the backup list/cleanup live in their own modules; they are SQLite
+# tasks too, so they answer here.
+from deploykit.tasks.sqlite_backups import (  # noqa: E402
+    CleanupBackupsTask as CleanupBackupsTask,
+)
+from deploykit.tasks.sqlite_backups import (  # noqa: E402
+    ListBackupsTask as ListBackupsTask,
+)
+from deploykit.tasks.sqlite_backups import cleanup_backups as cleanup_backups  # noqa: E402
+from deploykit.tasks.sqlite_backups import list_backups as list_backups  # noqa: E402
 from deploykit.tasks.sqlite_checks import (  # noqa: E402
     CompareCountsTask as CompareCountsTask,
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploykit.tasks.postgres import retention
-from deploykit.tasks.postgres.retention import BackupFile
+from deploykit.tasks import retention
+from deploykit.tasks.retention import BackupFile
 
 DAY = 86400.0
 NOW = 1_700_000_000.0

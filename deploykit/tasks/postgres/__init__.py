@@ -101,7 +101,7 @@ from deploykit.tasks.migrations import (
 from deploykit.tasks.migrations import (
     rollback as rollback,
 )
-from deploykit.tasks.postgres import retention
+from deploykit.tasks import retention
 from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.app_role import app_role
 from deploykit.tasks.postgres.backup import (

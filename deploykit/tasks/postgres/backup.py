@@ -13,7 +13,7 @@ from deploykit.facts import format_mode
 from deploykit.pg import PgSettings
 from deploykit.shell import quote
 from deploykit.task import Facts, Plan, UndoStack
-from deploykit.tasks.postgres import retention
+from deploykit.tasks import retention
 from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.dumps import (
     DumpFacts,

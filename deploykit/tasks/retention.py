@@ -1,4 +1,5 @@
-"""Which backups to keep: one rule for the deploy's cleanup and ``invoke prune``.
+"""Which backups to keep: one rule for the deploy's cleanup and ``invoke prune``, for
+PostgreSQL dumps (``<db>-<id>.dump``) and SQLite backups (``<name>.<id>.bak``) alike.
 
 :func:`plan` decides, from the backup files and the deploy history, what stays
 (each with its reasons) and what goes. The rule, in order of strength:
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,7 +91,8 @@ def rollback_deploy(history: Sequence[DeployOutcome]) -> str | None:
 
 def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db: str,
          keep_last: int | None, keep_days: float | None, now: float,
-         protect: Iterable[str] = ()) -> RetentionPlan:
+         protect: Iterable[str] = (),
+         id_of: Callable[[str], str | None] | None = None) -> RetentionPlan:
     """Decide which of ``db``'s backups stay and why, and which go.
 
     Args:
@@ -101,8 +103,13 @@ def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db:
         keep_days: keep every backup younger than this many days.
         now: the host's clock (epoch seconds).
         protect: names always kept (e.g. the backup just written).
+        id_of: the deploy id in a file name, None for other files (default:
+            PostgreSQL's ``<db>-<id>.dump``, :func:`deploy_id_of`).
     """
-    ours = [b for b in backups if deploy_id_of(db, b.name) is not None]
+    def ident(name: str) -> str | None:
+        return id_of(name) if id_of is not None else deploy_id_of(db, name)
+
+    ours = [b for b in backups if ident(b.name) is not None]
     keep: dict[str, list[str]] = {}
 
     def mark(name: str, reason: str) -> None:
@@ -110,7 +117,7 @@ def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db:
 
     rollback_id = rollback_deploy(history)
     for b in ours:
-        if rollback_id is not None and deploy_id_of(db, b.name) == rollback_id:
+        if rollback_id is not None and ident(b.name) == rollback_id:
             mark(b.name, f"pre-deploy backup of {rollback_id}, the newest successful deploy "
                          f"(rollback --db)")
     verified = sorted((b for b in ours if b.verified), key=lambda b: (b.mtime, b.name))
@@ -126,7 +133,7 @@ def plan(backups: Sequence[BackupFile], history: Sequence[DeployOutcome], *, db:
     if keep_last is not None:
         for manual in (False, True):
             group = [b for b in ours
-                     if str(deploy_id_of(db, b.name)).startswith(MANUAL_PREFIX) == manual]
+                     if str(ident(b.name)).startswith(MANUAL_PREFIX) == manual]
             newest = sorted(group, key=lambda b: (-b.mtime, b.name))[:keep_last]
             for b in newest:
                 mark(b.name, f"among the {keep_last} newest {'manual' if manual else 'deploy'}"
@@ -210,12 +217,14 @@ def expired(entries: Sequence[tuple[str, float]], *, keep_last: int | None,
     return sorted(name for name, _ in entries if name not in kept)
 
 
-def listing_script(directory: str, db: str) -> str:
+def listing_script(directory: str, db: str, *, pattern: str | None = None) -> str:
     """Shell lines printing ``entry <mtime> <size> <0|1 sidecar> <name>`` for each
-    ``<db>-*.dump`` in ``directory`` (nothing when it does not exist)."""
+    ``<db>-*.dump`` (or files matching the glob ``pattern``) in ``directory``
+    (nothing when it does not exist)."""
     d = quote(directory)
+    glob = pattern if pattern is not None else db + "-*.dump"
     return (f"if [ -d {d} ]; then find {d} -maxdepth 1 -type f "
-            f"-name {quote(db + '-*.dump')} -printf '%T@ %s %f\\n' | "
+            f"-name {quote(glob)} -printf '%T@ %s %f\\n' | "
             "while read -r dk_m dk_s dk_n; do "
             f'if [ -f {d}/"$dk_n.sha256" ]; then dk_v=1; else dk_v=0; fi; '
             'printf "entry %s %s %s %s\\n" "$dk_m" "$dk_s" "$dk_v" "$dk_n"; done; fi')
