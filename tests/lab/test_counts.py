@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from lab_data import make_sqlite
 
 from deploykit import pg
 from deploykit.connection import Connection
@@ -16,21 +17,13 @@ from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
 
-MAKE_DB = """
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1])
-con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
-con.executemany("INSERT INTO items (id) VALUES (?)", [(i,) for i in range(1, 501)])
-con.commit()
-"""
 
 
 def test_sqlite_counts_before_and_after(clean_lab: Lab,
                                         lab_connection: Callable[[str], Connection]) -> None:
     conn = lab_connection("web-1")
     db = f"/srv/dk-counts-{uuid.uuid4().hex[:8]}/app.db"
-    conn.run(join(["mkdir", "-p", db.rsplit("/", 1)[0]]) + " && "
-             + join(["python3", "-c", MAKE_DB, db]))
+    make_sqlite(conn, db, 500)
     before = sqlite.snapshot_counts(db, ["items"]).run(conn)
     assert before.ok and before.data["counts"] == {"items": 500}
     conn.run(join(["sqlite3", db, "DELETE FROM items WHERE id <= 10"]))

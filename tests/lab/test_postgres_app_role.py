@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from lab_data import admin, db1_conn  # noqa: F401 (fixtures)
 
 from deploykit import pg
 from deploykit.connection import Connection
@@ -20,17 +21,8 @@ pytestmark = pytest.mark.lab
 HOST = "db-1"
 
 
-@pytest.fixture
-def conn(lab_connection: Callable[[str], Connection]) -> Connection:
-    return lab_connection(HOST)
 
 
-def admin(conn: Connection, query: str, params: object = None,
-          db: str = "postgres") -> list[tuple[object, ...]]:
-    with pg.connect(conn, db) as c:
-        c.autocommit = True
-        cur = c.execute(query, params)  # type: ignore[arg-type]
-        return list(cur.fetchall()) if cur.description else []
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from lab_data import admin, db1_conn, drop_prefixed  # noqa: F401 (fixtures)
 
-from deploykit import pg
 from deploykit.connection import Connection
 from deploykit.result import Status
 from deploykit.tasks import postgres
@@ -26,16 +26,8 @@ pytestmark = pytest.mark.lab
 HOST = "db-1"
 
 
-@pytest.fixture
-def conn(lab_connection: Callable[[str], Connection]) -> Connection:
-    return lab_connection(HOST)
 
 
-def admin(conn: Connection, query: str, db: str = "postgres") -> list[tuple[object, ...]]:
-    with pg.connect(conn, db) as c:
-        c.autocommit = True
-        cur = c.execute(query)
-        return list(cur.fetchall()) if cur.description else []
 
 
 @pytest.fixture
@@ -48,9 +40,7 @@ def shop(conn: Connection) -> Iterator[tuple[str, str, str]]:
     result = postgres.backup(db, app=prefix, deploy_id="d1").run(conn)
     assert result.changed, result.message
     yield db, str(result.data["path"]), prefix
-    for (name,) in admin(conn, f"SELECT datname FROM pg_database WHERE datname LIKE "
-                               f"'{prefix}%'"):
-        admin(conn, f'DROP DATABASE "{name}" WITH (FORCE)')
+    drop_prefixed(conn, prefix)
     conn.run(["rm", "-rf", "--", f"/var/backups/{prefix}"])
 
 

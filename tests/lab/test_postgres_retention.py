@@ -8,13 +8,13 @@ The history the rule reads is the host's real ``history.jsonl``.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from lab_data import data_prefix, db1_conn, deployed  # noqa: F401 (fixtures)
 
-from deploykit import journal, pg
+from deploykit import pg
 from deploykit.connection import Connection
 from deploykit.tasks import postgres
 
@@ -23,30 +23,10 @@ pytestmark = pytest.mark.lab
 HOST = "db-1"
 
 
-@pytest.fixture
-def conn(lab_connection: Callable[[str], Connection]) -> Connection:
-    return lab_connection(HOST)
 
 
-@pytest.fixture
-def prefix(conn: Connection) -> Iterator[str]:
-    name = f"dkr{uuid.uuid4().hex[:6]}"
-    yield name
-    with pg.connect(conn, "postgres") as c:
-        c.autocommit = True
-        for (db,) in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                               [name + "%"]).fetchall():
-            c.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
-    conn.run(["rm", "-rf", "--", f"/var/backups/{name}", journal.state_dir(name)])
 
 
-def deployed(conn: Connection, app: str, deploy_id: str, result: str) -> None:
-    """A deploy's start and end entries in the host's history."""
-    journal.append_history(conn, app, [
-        journal.HistoryEntry(event="start", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:00:00Z"),
-        journal.HistoryEntry(event="end", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:01:00Z", result=result)])
 
 
 def sha256(conn: Connection, path: str) -> str:

@@ -11,12 +11,10 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
 
 import pytest
+from lab_data import admin, data_prefix, db1_conn, deployed  # noqa: F401 (fixtures)
 
-from deploykit import journal, pg
 from deploykit.connection import Connection
 from deploykit.ops import prune
 from deploykit.tasks import postgres
@@ -26,33 +24,12 @@ pytestmark = pytest.mark.lab
 HOST = "db-1"
 
 
-@pytest.fixture
-def conn(lab_connection: Callable[[str], Connection]) -> Connection:
-    return lab_connection(HOST)
 
 
-def admin(conn: Connection, query: str, db: str = "postgres") -> list[tuple[object, ...]]:
-    with pg.connect(conn, db) as c:
-        c.autocommit = True
-        cur = c.execute(query)
-        return list(cur.fetchall()) if cur.description else []
 
 
-@pytest.fixture
-def prefix(conn: Connection) -> Iterator[str]:
-    name = f"dkp{uuid.uuid4().hex[:6]}"
-    yield name
-    for (db,) in admin(conn, f"SELECT datname FROM pg_database WHERE datname LIKE '{name}%'"):
-        admin(conn, f'DROP DATABASE "{db}" WITH (FORCE)')
-    conn.run(["rm", "-rf", "--", f"/var/backups/{name}", journal.state_dir(name)])
 
 
-def deployed(conn: Connection, app: str, deploy_id: str, result: str) -> None:
-    journal.append_history(conn, app, [
-        journal.HistoryEntry(event="start", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:00:00Z"),
-        journal.HistoryEntry(event="end", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:01:00Z", result=result)])
 
 
 def stamp(seconds_ago: float) -> str:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from lab_data import deployed, make_sqlite
 
 from deploykit import journal
 from deploykit.connection import Connection
@@ -16,21 +17,8 @@ from deploykit.testing.lab import Lab
 
 pytestmark = pytest.mark.lab
 
-MAKE_DB = """
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1])
-con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
-con.executemany("INSERT INTO items (id) VALUES (?)", [(i,) for i in range(1, 51)])
-con.commit()
-"""
 
 
-def deployed(conn: Connection, app: str, deploy_id: str, result: str) -> None:
-    journal.append_history(conn, app, [
-        journal.HistoryEntry(event="start", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:00:00Z"),
-        journal.HistoryEntry(event="end", id=deploy_id, app=app, host=conn.name,
-                             time="2026-01-01T00:01:00Z", result=result)])
 
 
 def test_list_and_cleanup_keep_the_rollback_backup(
@@ -39,7 +27,7 @@ def test_list_and_cleanup_keep_the_rollback_backup(
     app = f"dkq{uuid.uuid4().hex[:6]}"
     directory = f"/srv/{app}"
     db, backups = f"{directory}/app.db", f"{directory}/backups"
-    conn.run(join(["mkdir", "-p", directory]) + " && " + join(["python3", "-c", MAKE_DB, db]))
+    make_sqlite(conn, db, 50)
     try:
         deployed(conn, app, "good", "succeeded")
         assert sqlite.backup(db, "good", backup_dir=backups).run(conn).changed
