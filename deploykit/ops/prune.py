@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from deploykit import journal, pg
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError, LockHeldError
-from deploykit.tasks import postgres, releases
-from deploykit.tasks import retention
+from deploykit.tasks import postgres, releases, retention
 from deploykit.tasks.releases import AppReleases, CleanupTask
 
 __all__ = ["EVENT", "PruneItem", "PruneSettings", "find", "order_releases", "remove"]

@@ -82,6 +82,7 @@ reports carry them. A failed check is a ``failed`` result with a message.
 
 from __future__ import annotations
 
+from deploykit.tasks import retention
 from deploykit.tasks.counts import CountDifference, count_differences, render_differences
 
 # Migrations live in their own module (SQL directories, alembic and command
@@ -101,7 +102,6 @@ from deploykit.tasks.migrations import (
 from deploykit.tasks.migrations import (
     rollback as rollback,
 )
-from deploykit.tasks import retention
 from deploykit.tasks.postgres.access import Access
 from deploykit.tasks.postgres.app_role import app_role
 from deploykit.tasks.postgres.backup import (
