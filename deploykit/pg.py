@@ -15,6 +15,12 @@ Host vars read (all optional):
 ``postgres_password_file`` a controller-side file holding the password
 ``postgres_host``          server address as seen from the host (127.0.0.1)
 ``postgres_direct``        connect without the SSH forward (false)
+``postgres_access``        how pg_dump/pg_restore run on the host: ``socket`` (as
+                           ``postgres_os_user`` over the Unix socket), ``tcp``
+                           (user and password) or ``docker`` (``docker exec``
+                           into ``postgres_container``); unset: the task decides
+``postgres_os_user``       OS user for socket/docker access (``postgres``)
+``postgres_container``     container name for docker access
 =========================  ===================================================
 """
 
@@ -45,6 +51,9 @@ class PgSettings:
     password: Secret | None = None
     server_host: str = "127.0.0.1"
     direct: bool = False
+    access: str | None = None
+    os_user: str | None = None
+    container: str | None = None
 
     @classmethod
     def from_host(cls, host: Host) -> PgSettings:
@@ -69,7 +78,20 @@ class PgSettings:
             password=None if password is None else Secret(password),
             server_host=str(v.get("postgres_host", "127.0.0.1")),
             direct=bool(v.get("postgres_direct", False)),
+            access=_access(v.get("postgres_access"), host),
+            os_user=None if v.get("postgres_os_user") is None else str(v["postgres_os_user"]),
+            container=None if v.get("postgres_container") is None
+            else str(v["postgres_container"]),
         )
+
+
+def _access(value: object, host: Host) -> str | None:
+    if value is None:
+        return None
+    if value not in ("socket", "tcp", "docker"):
+        raise ConfigError(f"postgres_access must be socket, tcp or docker, not {value!r}",
+                          host=host.name)
+    return str(value)
 
 
 def url(host: Host, dbname: str, *, settings: PgSettings | None = None) -> Secret:

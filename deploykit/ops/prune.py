@@ -7,10 +7,17 @@ What goes (:func:`find`, read-only: the list is shown first):
   the ``current`` release, never one a colour link points at, never the rollback
   target (the newest good release before ``current``); failed releases go first;
 * on the db host, the ``<db>_old_<time>`` (and ``<db>_undone_<time>``) databases a
-  restore with swap kept;
+  restore with swap kept, except the newest of each kind (after ``rollback --db``
+  the newest ``_old_`` one is the only copy of what was written after the backup)
+  and any younger than ``old_database_keep_days``
+  (:func:`deploykit.tasks.postgres.retention.old_databases`);
 * on the db host, backups ``<db>-*.dump`` beyond the configured retention
-  (``database.backup_keep_last``/``backup_keep_days``); the pre-deploy backup of
-  the newest successful deploy (what ``rollback --db`` restores) always stays.
+  (``database.backup_keep_last``/``backup_keep_days``), by the same rule as the
+  deploy's own cleanup (:func:`deploykit.tasks.postgres.retention.plan`): the
+  pre-deploy backup of the newest successful deploy (what ``rollback --db``
+  restores) and the newest verified backup always stay; manual backups count apart.
+
+What stays and why is listed too (:attr:`PrunePlan.kept`).
 
 :func:`remove` (``--yes``) takes the deploy lock on the hosts involved (all or
 nothing: a running deploy is never pruned under), removes, and writes a
@@ -20,8 +27,6 @@ lock is released.
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,8 +34,7 @@ from dataclasses import dataclass, field
 from deploykit import journal, pg
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError, LockHeldError
-from deploykit.shell import quote
-from deploykit.tasks import postgres, releases
+from deploykit.tasks import postgres, releases, retention
 from deploykit.tasks.releases import AppReleases, CleanupTask
 
 __all__ = ["EVENT", "PruneItem", "PruneSettings", "find", "order_releases", "remove"]
@@ -42,23 +46,29 @@ EVENT = "prune"
 @dataclass(frozen=True)
 class PruneSettings:
     """What to keep: ``keep`` good releases per web host; the database ``database`` (None:
-    no database work) and its backups' retention."""
+    no database work), its backups' retention, and how long databases a restore set
+    aside (``<db>_old_*``) stay beyond the newest one (``old_database_keep_days``)."""
 
     app: str
     keep: int = 5
     database: str | None = None
     backup_keep_last: int | None = 10
     backup_keep_days: float | None = None
+    old_database_keep_days: float | None = 7.0
     lock_ttl: float = journal.DEFAULT_LOCK_TTL
 
     def __post_init__(self) -> None:
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ConfigError(f"--keep must be an integer of at least 1, not {self.keep!r}")
+        if self.old_database_keep_days is not None and self.old_database_keep_days < 0:
+            raise ConfigError(f"old_database_keep_days must not be negative, not "
+                              f"{self.old_database_keep_days!r}")
 
 
 @dataclass(frozen=True)
 class PruneItem:
-    """One thing to remove: a ``release``, ``database`` or ``backup`` on ``host``."""
+    """One thing to remove (or, in :attr:`PrunePlan.kept`, kept: ``detail`` says why): a
+    ``release``, ``database`` or ``backup`` on ``host``."""
 
     host: str
     kind: str
@@ -69,9 +79,11 @@ class PruneItem:
 
 @dataclass
 class PrunePlan:
-    """Everything :func:`find` found, and the cleanup task of each web host."""
+    """Everything :func:`find` found, what it keeps on purpose (databases and backups,
+    with the reasons), and the cleanup task of each web host."""
 
     items: list[PruneItem] = field(default_factory=list)
+    kept: list[PruneItem] = field(default_factory=list)
     cleanups: dict[str, CleanupTask] = field(default_factory=dict)
 
     def on(self, host: str) -> list[PruneItem]:
@@ -102,52 +114,47 @@ def _releases(conn: Connection, s: PruneSettings, plan: PrunePlan) -> list[Prune
             for r in order_releases(state, s.keep)]
 
 
-def _old_databases(conn: Connection, database: str) -> list[PruneItem]:
-    pattern = re.compile(re.escape(database) + r"_(old|undone)_[A-Za-z0-9_]+")
-    with pg.connect(conn, "postgres") as session:
-        rows = session.execute("SELECT datname, pg_database_size(oid) FROM pg_database "
-                               "WHERE starts_with(datname, %s) ORDER BY datname",
-                               [database + "_"]).fetchall()
-    return [PruneItem(conn.name, "database", str(name), f"{float(str(size)) / 1e6:.1f} MB")
-            for name, size in rows if pattern.fullmatch(str(name))]
-
-
-def _kept_backup(conn: Connection, s: PruneSettings) -> str | None:
-    """The file name of the pre-deploy backup of the newest successful deploy."""
+def _old_databases(conn: Connection, s: PruneSettings) -> tuple[list[PruneItem],
+                                                                list[PruneItem]]:
+    """The set-aside databases to drop, and those kept (with why)."""
     assert s.database is not None
-    records = journal.summarize_history(journal.history(conn, s.app, limit=400))
-    done = [r for r in records if r.kind == "deploy" and r.result == "succeeded"]
-    if not done:
-        return None
-    return postgres.backup_path(s.app, s.database, done[-1].id).rsplit("/", 1)[-1]
+    with pg.connect(conn, "postgres") as session:
+        rows = session.execute("SELECT datname, pg_database_size(oid), "
+                               "extract(epoch FROM now())::float8 FROM pg_database "
+                               "WHERE starts_with(datname, %s) ORDER BY datname",
+                               [s.database + "_"]).fetchall()
+    if not rows:
+        return [], []
+    sizes = {str(name): f"{float(str(size)) / 1e6:.1f} MB" for name, size, _ in rows}
+    rule = retention.old_databases(list(sizes), db=s.database, now=float(str(rows[0][2])),
+                                   keep_days=s.old_database_keep_days)
+    return ([PruneItem(conn.name, "database", n, sizes[n]) for n in rule.delete],
+            [PruneItem(conn.name, "database", n, f"{sizes[n]}; {'; '.join(why)}")
+             for n, why in rule.keep.items()])
 
 
-def _backups(conn: Connection, s: PruneSettings) -> list[PruneItem]:
+def _backups(conn: Connection, s: PruneSettings) -> tuple[list[PruneItem], list[PruneItem]]:
+    """The backups to remove, and those kept (with why): :func:`retention.plan`."""
     assert s.database is not None
     directory = postgres.backup_path(s.app, s.database, "x").rsplit("/", 1)[0]
-    out = conn.run(f'echo "now $(date +%s)"; if [ -d {quote(directory)} ]; then '
-                   f"find {quote(directory)} -maxdepth 1 -type f "
-                   f"-name {quote(s.database + '-*.dump')} -printf 'f %T@ %s %f\\n'; fi",
+    out = conn.run('echo "now $(date +%s)"\n' + retention.listing_script(directory, s.database)
+                   + "\n" + retention.history_script(s.app),
                    write=False, task="prune: list backups").stdout
-    now = time.time()
-    entries: dict[str, tuple[float, int]] = {}
-    for line in out.splitlines():
-        parts = line.split(" ", 3)
-        try:
-            if parts[0] == "now":
-                now = float(parts[1])
-            elif parts[0] == "f" and len(parts) == 4:
-                entries[parts[3]] = (float(parts[1]), int(parts[2]))
-        except ValueError:
-            continue
-    kept = [k for k in [_kept_backup(conn, s)] if k]
-    doomed = postgres.retention([(n, m) for n, (m, _) in entries.items()],
-                                keep_last=s.backup_keep_last, keep_days=s.backup_keep_days,
-                                now=now, keep=kept)
-    return [PruneItem(conn.name, "backup", name,
-                      f"{entries[name][1] / 1e6:.1f} MB, {(now - entries[name][0]) / 3600:.1f} h"
-                      " old", f"{directory}/{name}")
-            for name in sorted(doomed, key=lambda n: entries[n][0])]
+    lines = out.splitlines()
+    now = float(lines[0].split()[1]) if lines and lines[0].startswith("now ") else 0.0
+    files = {b.name: b for b in retention.parse_listing(lines)}
+    rule = retention.plan(list(files.values()), retention.parse_history_lines(lines),
+                          db=s.database, keep_last=s.backup_keep_last,
+                          keep_days=s.backup_keep_days, now=now)
+
+    def detail(name: str) -> str:
+        b = files[name]
+        return f"{b.size / 1e6:.1f} MB, {(now - b.mtime) / 3600:.1f} h old"
+
+    return ([PruneItem(conn.name, "backup", n, detail(n), f"{directory}/{n}")
+             for n in rule.delete],
+            [PruneItem(conn.name, "backup", n, f"{detail(n)}; {'; '.join(why)}",
+                       f"{directory}/{n}") for n, why in rule.keep.items()])
 
 
 def find(conns: Mapping[str, Connection], web: Sequence[str], db: str | None,
@@ -156,20 +163,23 @@ def find(conns: Mapping[str, Connection], web: Sequence[str], db: str | None,
     the db host (None: no database work)."""
     plan = PrunePlan()
 
-    def one(name: str) -> list[PruneItem]:
+    def one(name: str) -> tuple[list[PruneItem], list[PruneItem]]:
         conn = conns[name]
         found: list[PruneItem] = []
+        kept: list[PruneItem] = []
         if name in web:
             found += _releases(conn, settings, plan)
         if name == db and settings.database:
-            found += _old_databases(conn, settings.database)
-            found += _backups(conn, settings)
-        return found
+            for doomed, stays in (_old_databases(conn, settings), _backups(conn, settings)):
+                found += doomed
+                kept += stays
+        return found, kept
 
     names = [n for n in conns if n in web or n == db]
     with ThreadPoolExecutor(max_workers=max(1, min(10, len(names)))) as pool:
-        for items in pool.map(one, names):
+        for items, kept in pool.map(one, names):
             plan.items += items
+            plan.kept += kept
     return plan
 
 

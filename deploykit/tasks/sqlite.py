@@ -19,12 +19,11 @@ database never travels:
   backup without its matching sidecar is never taken as done). One backup per
   deploy id: ``<backup_dir>/<db name>.<deploy id>.bak``.
 * **restore** checks the backup against its sidecar, copies it to a temporary
-  file beside the database (same owner and mode as the database), checks that
-  copy's integrity, keeps the current database as ``<db>.old-<timestamp>``
-  (with its ``-wal``/``-shm``/``-journal`` files), and renames the copy into
-  place atomically: the database path always holds a complete database. Undo
-  puts the old one back. Stop the app's writers first: a process holding the
-  old file open keeps writing to it.
+  file beside the database and checks that copy's integrity, keeps the current
+  content as ``<db>.old-<timestamp>``, then writes the backup's pages *into* the
+  database with the online backup API: the same file, so a running app keeps
+  its connections and reads the restored data at its next query (no restart).
+  Undo writes the kept content back the same way.
 
 Every probe is read-only (databases are opened with ``mode=ro``; like any SQLite
 reader, opening a WAL-mode database creates its ``-wal``/``-shm`` files when
@@ -48,6 +47,7 @@ from deploykit.facts import (
     parse_path,
     path_script,
 )
+from deploykit.result import Result
 from deploykit.shell import join
 from deploykit.task import Facts, Plan, Task, UndoStack
 
@@ -55,12 +55,20 @@ __all__ = [
     "BACKUP_DIR",
     "HELPER",
     "BackupTask",
+    "CleanupBackupsTask",
+    "CompareCountsTask",
     "IntegrityTask",
+    "ListBackupsTask",
     "RestoreTask",
+    "SnapshotCountsTask",
     "backup",
     "backup_path",
+    "cleanup_backups",
+    "compare_counts",
     "integrity_check",
+    "list_backups",
     "restore",
+    "snapshot_counts",
 ]
 
 BACKUP_DIR = "/var/backups/deploykit/sqlite"
@@ -146,6 +154,56 @@ def backup(db, dest):
     finally:
         cleanup(tmp)
 
+def online_copy(src_path, dst_path, readonly_source=True):
+    """Copy a database page by page with the online backup API into dst_path (created
+    or overwritten in place: connections open on it see the new content)."""
+    src = readonly(src_path) if readonly_source else sqlite3.connect(src_path)
+    try:
+        dst = sqlite3.connect(dst_path, timeout=30)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+def keep_old(db, old):
+    """The current content of db, kept as old: an online copy; the raw bytes (with the
+    -wal/-shm/-journal files) when the database cannot be copied cleanly."""
+    if os.path.lexists(old):
+        fail("%s already exists; not overwriting it" % old)
+    st = os.stat(db)
+    try:
+        online_copy(db, old)
+        if integrity(old, private=True) != "ok":
+            raise sqlite3.DatabaseError("the copy fails PRAGMA integrity_check")
+    except sqlite3.Error:
+        cleanup(old)
+        shutil.copyfile(db, old)
+        for s in SIDE:
+            if os.path.exists(db + s):
+                shutil.copyfile(db + s, old + s)
+    os.chown(old, st.st_uid, st.st_gid)
+    os.chmod(old, st.st_mode & 0o7777)
+    sync(old)
+
+def into_place(db, tmp):
+    """tmp's content into db, in place; a live file that cannot take it (damaged) is
+    replaced instead (then readers must reopen it). Prints which."""
+    try:
+        online_copy(tmp, db, readonly_source=False)
+        print("mode in place")
+    except sqlite3.Error as exc:
+        st = os.stat(db)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        for s in SIDE:
+            if os.path.lexists(db + s):
+                os.unlink(db + s)
+        os.replace(tmp, db)
+        print("mode file replaced (the live database could not be written in place: %s)"
+              % exc)
+
 def restore(db, source, old):
     with open(source + ".sha256") as f:
         expected = f.read(64)
@@ -155,49 +213,63 @@ def restore(db, source, old):
     tmp = temp(directory, "restore")
     try:
         shutil.copyfile(source, tmp)
-        if os.path.exists(db):
-            st = os.stat(db)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.chmod(tmp, st.st_mode & 0o7777)
-        else:
-            os.chmod(tmp, 0o600)
+        os.chmod(tmp, 0o600)
         verdict = integrity(tmp, private=True)
         if verdict != "ok":
             fail("backup %s fails PRAGMA integrity_check: %s" % (source, verdict))
         sync(tmp)
         if os.path.exists(db):
-            if os.path.lexists(old):
-                fail("%s already exists; not overwriting it" % old)
-            os.link(db, old)
-            for s in SIDE:
-                if os.path.exists(db + s):
-                    os.replace(db + s, old + s)
-        os.replace(tmp, db)
+            keep_old(db, old)
+            into_place(db, tmp)
+        else:
+            os.replace(tmp, db)
+            print("mode new file")
         sync(directory)
     finally:
         cleanup(tmp)
 
 def putback(db, old, existed):
     if os.path.lexists(old):
-        for s in SIDE:
-            if os.path.lexists(db + s):
-                os.unlink(db + s)
-            if os.path.lexists(old + s):
-                os.replace(old + s, db + s)
-        if os.path.exists(db) and os.path.samefile(db, old):
-            os.unlink(old)
+        if os.path.exists(db):
+            into_place(db, old)
         else:
             os.replace(old, db)
+        cleanup(old)
     elif existed == "0" and os.path.lexists(db):
-        os.unlink(db)
+        for p in (db,) + tuple(db + s for s in SIDE):
+            if os.path.lexists(p):
+                os.unlink(p)
     sync(os.path.dirname(db))
+
+def content(path, immutable=False):
+    """sha256 of the database's logical content (its SQL dump), or absent/unreadable.
+    immutable: a file nobody writes (a backup): opened without -wal/-shm files."""
+    if not os.path.isfile(path):
+        return "absent"
+    try:
+        con = sqlite3.connect("file:" + urllib.parse.quote(os.path.abspath(path))
+                              + "?mode=ro&immutable=1", uri=True) if immutable else readonly(path)
+        try:
+            digest = hashlib.sha256()
+            for line in con.iterdump():
+                digest.update(line.encode() + b"\n")
+            return digest.hexdigest()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return "unreadable"
+
+def digest(db, source):
+    print("live " + content(db))
+    print("backup " + content(source, immutable=True))
 
 def check(db):
     print("integrity " + (integrity(db) if os.path.isfile(db) else "absent"))
 
 action, args = sys.argv[1], sys.argv[2:]
 try:
-    {"backup": backup, "restore": restore, "putback": putback, "check": check}[action](*args)
+    {"backup": backup, "restore": restore, "putback": putback, "check": check,
+     "digest": digest}[action](*args)
 except (OSError, sqlite3.Error) as exc:
     fail("%s: %s" % (action, exc))
 '''
@@ -253,7 +325,7 @@ def _sidecar_digest(output: str) -> str | None:
     return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
 
 
-class _SqliteTask(Task):
+class SqliteTask(Task):
     """A task on one SQLite database file on the host."""
 
     def __init__(self, db: str, *, name: str | None = None) -> None:
@@ -267,11 +339,20 @@ class _SqliteTask(Task):
         """A TaskError on this task's host."""
         return TaskError(message, host=conn.name, task=self.name)
 
+    def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
+            undo: UndoStack | None = None) -> Result:
+        """As :meth:`Task.run`; what the task put in ``facts["data"]`` goes to
+        ``Result.data``."""
+        current = facts if facts is not None else self.probe(conn)
+        result = super().run(conn, check=check, facts=current, undo=undo)
+        result.data.update(current.get("data", {}))
+        return result
+
 
 # -- backup ---------------------------------------------------------------------------
 
 
-class BackupTask(_SqliteTask):
+class BackupTask(SqliteTask):
     """A verified backup of the database exists for a deploy id. See :func:`backup`."""
 
     kind: ClassVar[str] = "sqlite.backup"
@@ -341,7 +422,7 @@ def backup(db: str, deploy_id: str, *, backup_dir: str = BACKUP_DIR) -> BackupTa
 # -- integrity check ------------------------------------------------------------------
 
 
-class IntegrityTask(_SqliteTask):
+class IntegrityTask(SqliteTask):
     """The database passes ``PRAGMA integrity_check``. See :func:`integrity_check`."""
 
     kind: ClassVar[str] = "sqlite.integrity_check"
@@ -381,24 +462,31 @@ def integrity_check(db: str) -> IntegrityTask:
 # -- restore --------------------------------------------------------------------------
 
 
-class RestoreTask(_SqliteTask):
-    """The database holds exactly the bytes of a backup. See :func:`restore`."""
+class RestoreTask(SqliteTask):
+    """Restore a backup's content into the database, in place. See :func:`restore`."""
 
     kind: ClassVar[str] = "sqlite.restore"
 
-    def __init__(self, db: str, source: str, *, name: str | None = None) -> None:
+    def __init__(self, db: str, source: str, *, if_changed: bool = False,
+                 name: str | None = None) -> None:
         super().__init__(db, name=name)
         self.source = _absolute(source, "backup")
+        self.if_changed = if_changed
 
     def probe_script(self) -> str:
         return _section_script(db=path_script(self.db), backup=path_script(self.source),
-                               sidecar=content_script(self.source + ".sha256", limit=SIDECAR_LIMIT))
+                               sidecar=content_script(self.source + ".sha256",
+                                                      limit=SIDECAR_LIMIT),
+                               content=_helper("digest", self.db, self.source))
 
     def parse(self, output: str) -> Facts:
         parts = _sections(output)
+        content = dict(line.split(" ", 1) for line in parts.get("content", "").splitlines()
+                       if " " in line)
         return {"db": parse_path(parts.get("db", "")),
                 "backup": parse_path(parts.get("backup", "")),
-                "sidecar": _sidecar_digest(parts.get("sidecar", ""))}
+                "sidecar": _sidecar_digest(parts.get("sidecar", "")),
+                "content": content, "data": {}}
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         db: PathFacts = facts["db"]
@@ -413,23 +501,32 @@ class RestoreTask(_SqliteTask):
                                    f"{self.source}.sha256: not restoring it")
         if db.exists and db.type != "file":
             raise self.error(conn, f"database {self.db} is a {db.type}, not a file")
-        digest: str = facts["sidecar"]  # equal to the backup's own sha256, checked above
+        live, wanted = facts["content"].get("live"), facts["content"].get("backup")
+        same = live is not None and len(live) == 64 and live == wanted
+        if same and (self.if_changed or facts.get("after_apply")):
+            return Plan()
+        before = None if not db.exists else (
+            f"sha256 {(db.sha256 or '')[:12]}" + (" (the backup's content)" if same else ""))
         plan = Plan()
-        if db.sha256 != digest:
-            before = f"sha256 {db.sha256[:12]}" if db.sha256 else None
-            plan.add("content", before, f"sha256 {digest[:12]} from {self.source}")
+        plan.add("content", before, f"content of {self.source} (sha256 "
+                                    f"{(source.sha256 or '')[:12]}), in place")
         return plan
+
+    def changed_after_apply(self, conn: Connection, facts: Facts) -> Plan:
+        """Re-probe: the database now holds the backup's content."""
+        fresh = self.probe(conn)
+        fresh["after_apply"] = True
+        return self.plan(conn, fresh)
 
     def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
         old = f"{self.db}.old-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         existed = facts["db"].exists
-        facts["old"] = old if existed else None
         command = _helper("putback", self.db, old, "1" if existed else "0")
 
         def put_back(c: Connection) -> None:
             result = c.run(command, check=False, task=f"undo {self.name}")
             if result.failed:
-                raise RollbackError(f"could not put {old} back at {self.db}: "
+                raise RollbackError(f"could not put {old} back into {self.db}: "
                                     f"{result.stderr.strip()[-500:]}", host=c.name)
 
         undo.push(f"put the previous {self.db} back (from {old})" if existed
@@ -439,11 +536,15 @@ class RestoreTask(_SqliteTask):
         if result.failed:
             raise self.error(conn, f"restore of {self.db} from {self.source} failed: "
                                    f"{result.stderr.strip()[-500:]}")
+        mode = result.stdout.strip().rsplit("\n", 1)[-1].removeprefix("mode ")
+        facts["data"].update(source=self.source, how=mode,
+                             previous=old if existed else None)
 
 
 def restore(db: str, deploy_id: str | None = None, *, source: str | None = None,
-            backup_dir: str = BACKUP_DIR) -> RestoreTask:
-    """Restore the SQLite database ``db`` from a backup, keeping the current one.
+            backup_dir: str = BACKUP_DIR, if_changed: bool = False) -> RestoreTask:
+    """Restore the SQLite database ``db`` from a backup, in place, keeping the current
+    content beside it.
 
     Args:
         db: absolute path of the database on the host.
@@ -451,17 +552,45 @@ def restore(db: str, deploy_id: str | None = None, *, source: str | None = None,
         source: ...or this backup file (give one of the two). Its ``.sha256``
             sidecar must exist and match.
         backup_dir: where :func:`backup` put it (with ``deploy_id``).
+        if_changed: skip (``ok``) when ``db``'s content (its SQL dump) already
+            equals the backup's; without it a restore always restores.
 
-    Plan: ``content: sha256 <current> -> sha256 <backup> from <path>``; fails
-    (nothing touched) when the backup is missing or does not match its sidecar.
-    Apply: copy to a temporary file beside ``db`` (same owner and mode), check
-    its integrity, keep the current database as ``<db>.old-<UTC timestamp>``
-    (with its -wal/-shm/-journal), rename the copy into place atomically.
-    Idempotent: ``ok`` when ``db`` already holds the backup's exact bytes.
-    Undo: the old database is put back (a database that did not exist is
-    removed again). Stop the app's writers before a restore.
+    Plan: ``content: sha256 <current file> -> content of <backup> (sha256 ...), in
+    place``; fails (nothing touched) when the backup is missing or does not match
+    its sidecar. Apply, on the host: copy the backup to a temporary file beside
+    ``db`` and check its integrity; keep the current content as
+    ``<db>.old-<UTC timestamp>`` (an online copy, same owner and mode; the raw
+    files when the database is too damaged to copy); then write the backup's
+    pages **into** ``db`` with SQLite's online backup API: the file stays the
+    same, so a running app's open connections see the restored data at their
+    next query, with no restart. Only a live file too damaged to be written in
+    place is replaced by rename (``Result.data["how"]`` says which). A database
+    that did not exist is created (0600). ``Result.data``: ``previous`` (the
+    kept copy), ``how``, ``source``.
+    Undo: the kept content is written back in place (and its copy removed); a
+    database that did not exist is removed again.
     """
     if (deploy_id is None) == (source is None):
         raise ConfigError("sqlite.restore: give either deploy_id or source (the backup file)")
     path = source if source is not None else backup_path(db, str(deploy_id), backup_dir)
-    return RestoreTask(db, path)
+    return RestoreTask(db, path, if_changed=if_changed)
+
+
+# Row counts and the backup list/cleanup live in their own modules; they are SQLite
+# tasks too, so they answer here.
+from deploykit.tasks.sqlite_backups import (  # noqa: E402
+    CleanupBackupsTask as CleanupBackupsTask,
+)
+from deploykit.tasks.sqlite_backups import (  # noqa: E402
+    ListBackupsTask as ListBackupsTask,
+)
+from deploykit.tasks.sqlite_backups import cleanup_backups as cleanup_backups  # noqa: E402
+from deploykit.tasks.sqlite_backups import list_backups as list_backups  # noqa: E402
+from deploykit.tasks.sqlite_checks import (  # noqa: E402
+    CompareCountsTask as CompareCountsTask,
+)
+from deploykit.tasks.sqlite_checks import (  # noqa: E402
+    SnapshotCountsTask as SnapshotCountsTask,
+)
+from deploykit.tasks.sqlite_checks import compare_counts as compare_counts  # noqa: E402
+from deploykit.tasks.sqlite_checks import snapshot_counts as snapshot_counts  # noqa: E402

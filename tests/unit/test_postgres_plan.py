@@ -33,6 +33,7 @@ from deploykit.tasks.postgres import (
     scram_verifier,
     split_guc_list,
 )
+from deploykit.tasks.postgres.access import Access
 
 # (password, verifier stored by PostgreSQL 15 for it)
 SERVER_VERIFIERS = {
@@ -134,12 +135,12 @@ def test_role_plans() -> None:
 
 
 def test_role_statement_shows_no_verifier() -> None:
-    options, shown = postgres._role_options({"login": True, "createdb": False,
+    options, shown = postgres.roles._role_options({"login": True, "createdb": False,
                                              "connection_limit": 4}, "SCRAM-SHA-256$x", True)
     assert shown == "LOGIN NOCREATEDB CONNECTION LIMIT 4 PASSWORD ********"
     assert options.as_string(None) == \
         "LOGIN NOCREATEDB CONNECTION LIMIT 4 PASSWORD 'SCRAM-SHA-256$x'"
-    assert postgres._role_options({}, None, True)[1] == "PASSWORD NULL"
+    assert postgres.roles._role_options({}, None, True)[1] == "PASSWORD NULL"
 
 
 def test_extension_plans() -> None:
@@ -241,11 +242,12 @@ def test_retention() -> None:
     now = 100 * day
     entries = [("a.dump", now - 10 * day), ("b.dump", now - 5 * day), ("c.dump", now - 2 * day),
                ("d.dump", now)]
-    assert retention(entries, keep_last=None, keep_days=None, now=now) == []
-    assert retention(entries, keep_last=2, keep_days=None, now=now) == ["a.dump", "b.dump"]
-    assert retention(entries, keep_last=None, keep_days=3, now=now) == ["a.dump", "b.dump"]
-    assert retention(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]  # either keeps
-    assert retention(entries, keep_last=1, keep_days=None, now=now, keep=["a.dump"]) == [
+    assert retention.expired(entries, keep_last=None, keep_days=None, now=now) == []
+    assert retention.expired(entries, keep_last=2, keep_days=None, now=now) == ["a.dump", "b.dump"]
+    assert retention.expired(entries, keep_last=None, keep_days=3, now=now) == ["a.dump", "b.dump"]
+    # either rule keeps
+    assert retention.expired(entries, keep_last=2, keep_days=7, now=now) == ["a.dump"]
+    assert retention.expired(entries, keep_last=1, keep_days=None, now=now, keep=["a.dump"]) == [
         "b.dump", "c.dump"]
 
 
@@ -257,19 +259,20 @@ def fake_conn() -> Connection:
 
 def backup_facts(task: postgres.BackupTask, *lines: str) -> dict[str, Any]:
     facts = task.parse("\n".join(["now 1700000100", *lines]))
-    facts[postgres._SCOPE] = postgres._Scope(task, fake_conn())
+    facts[postgres.session.SCOPE_KEY] = postgres.session.Scope(task, fake_conn())
     return facts
 
 
 def test_backup_plan_of_a_verified_dump_needs_no_database() -> None:
     task = postgres.backup("app", app="shop", deploy_id="d1", keep_last=1)
-    entries = ["entry 1600000000.5 10 app-d0.dump", "entry 1700000000.0 2048 app-d1.dump",
-               "entry 1500000000 10 other-x.dump", "entry bad line"]
+    entries = ["entry 1600000000.5 10 1 app-d0.dump", "entry 1700000000.0 2048 1 app-d1.dump",
+               "entry 1500000000 10 1 other-x.dump", "entry bad line"]
     facts = backup_facts(task, *LISTED, "space 100 4096", *entries)
     assert task.plan(fake_conn(), facts).render() == "remove: app-d0.dump -> (none)"
     assert postgres.PgTask.scope(facts).data == {
         "database": "app", "deploy_id": "d1", "path": "/var/backups/shop/app-d1.dump",
-        "size": 2048, "sha256": DIGEST, "age": 100.0}
+        "size": 2048, "sha256": DIGEST, "age": 100.0, "kept": {"app-d1.dump": [
+            "newest verified backup", "just written", "among the 1 newest deploy backups"]}}
     loose = backup_facts(task, *[line.replace(" 600", " 644") for line in LISTED])
     assert task.plan(fake_conn(), loose).render() == "mode: 0644 -> 0600"
 
@@ -291,29 +294,63 @@ def test_backup_names_are_checked() -> None:
 
 def test_client_commands() -> None:
     settings = PgSettings(port=5433, user="postgres", password=Secret("pw"))
-    prefix, stdin = postgres._client(settings, "pg_dump", os_user="postgres", bin_dir=None)
+    prefix, stdin = Access.socket().command(settings, "pg_dump")
     assert (prefix, stdin) == ("runuser -u postgres -- pg_dump --username=postgres --port=5433 "
                                "--no-password", None)
-    prefix, stdin = postgres._client(settings, "pg_restore", os_user=None,
-                                     bin_dir="/usr/lib/postgresql/15/bin")
+    prefix, stdin = Access.tcp(bin_dir="/usr/lib/postgresql/15/bin").command(settings,
+                                                                             "pg_restore")
     assert prefix == ("/usr/lib/postgresql/15/bin/pg_restore --host=127.0.0.1 "
                       "--username=postgres --port=5433 --no-password")
     assert stdin == b"pw\n" and "pw" not in prefix
+    with pytest.raises(ConfigError, match="over TCP needs a password"):
+        Access.tcp().command(PgSettings(), "pg_dump")
+
+
+def test_docker_access_command_lines() -> None:
+    docker = Access.docker("shop db", os_user="pg")
+    prefix, stdin = docker.command(PgSettings(port=5432, user="app"), "pg_dump")
+    assert (prefix, stdin) == ("docker exec -i -u pg 'shop db' pg_dump --username=app "
+                               "--port=5432 --no-password", None)
+    prefix, stdin = docker.command(PgSettings(user="app", password=Secret("s3cret")),
+                                   "pg_restore")
+    assert prefix == ("docker exec -i -e PGPASSWORD -u pg 'shop db' pg_restore --username=app "
+                      "--port=5432 --no-password")
+    assert stdin == b"s3cret\n" and "s3cret" not in prefix
+    assert docker.reader() == "docker exec -i 'shop db' pg_restore"
+    with pytest.raises(ConfigError, match="needs a container name"):
+        Access("docker")
+
+
+def test_access_from_host_vars() -> None:
+    def settings(**vars: object) -> PgSettings:
+        return PgSettings.from_host(Host(name="db-1", address="198.18.0.7", vars=vars))
+
+    assert Access.from_settings(settings()) == Access.socket()
+    assert Access.from_settings(settings(), os_user=None) == Access.tcp()
+    assert Access.from_settings(settings(postgres_access="docker", postgres_container="pg")) \
+        == Access.docker("pg")
+    assert Access.from_settings(settings(postgres_access="socket",
+                                         postgres_os_user="pg15")) == Access.socket("pg15")
+    with pytest.raises(ConfigError, match="postgres_access must be socket, tcp or docker"):
+        settings(postgres_access="ssh")
+    task = postgres.backup("app", app="shop", deploy_id="d1", access=Access.docker("pg"))
+    assert "docker exec -i pg pg_restore --list < " in task.probe_script()
 
 
 # -- restore bookkeeping -----------------------------------------------------------------
 
 
 def test_restore_record_and_settings() -> None:
-    record = postgres._marker_text({"sha256": DIGEST, "previous": "app_old_1"})
+    record = postgres.swap.marker_text({"sha256": DIGEST, "previous": "app_old_1"})
     assert parse_marker(record) == {"sha256": DIGEST, "previous": "app_old_1"}
     assert parse_marker("a comment") is None and parse_marker(None) is None
     assert parse_marker("deploykit restore {broken") is None
     assert split_guc_list('"$user", public, "odd, ""name"""') == [
         "$user", "public", 'odd, "name"']
-    assert postgres._setting("search_path", '"$user", public').as_string(None) == \
+    assert postgres.swap.setting_sql("search_path", '"$user", public').as_string(None) == \
         "\"search_path\" = '$user', 'public'"
-    assert postgres._setting("app.mode", "a b").as_string(None) == "\"app\".\"mode\" = 'a b'"
+    assert postgres.swap.setting_sql("app.mode", "a b").as_string(None) == \
+        "\"app\".\"mode\" = 'a b'"
 
 
 def test_sql_tasks_send_no_shell_probe() -> None:
