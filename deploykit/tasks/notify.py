@@ -21,7 +21,9 @@ happened; failures are also logged (``deploykit.notify``, level WARNING).
 Webhook URLs may be :class:`~deploykit.secrets.Secret` (a Slack URL *is* a
 credential): they are then shown as ``https://hooks.slack.com/********`` in
 every result, log line and error, and so are Secret header values. Requests
-use urllib (the environment's proxy settings apply).
+use the HTTP checks' client (:func:`deploykit.tasks.http.request`): a redirect
+is an answer, never followed (a POST must not become a GET without its body),
+and no proxy is taken from the environment.
 
 :func:`http_request` and :func:`display_url` are the small HTTP helpers shared
 with :mod:`deploykit.tasks.checks` (the CI status check).
@@ -29,15 +31,11 @@ with :mod:`deploykit.tasks.checks` (the CI status check).
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from typing import Any, ClassVar, Literal
 from deploykit.errors import ConfigError
 from deploykit.result import Result, Status
 from deploykit.secrets import REDACTED, Secret, redact
+from deploykit.tasks import http
 
 __all__ = [
     "CONTROLLER",
@@ -73,7 +72,6 @@ EVENTS: tuple[Event, ...] = ("start", "success", "failure", "rollback")
 CONTROLLER = "(controller)"
 """The ``host`` of results produced on the controller rather than on a target host."""
 DEFAULT_TIMEOUT = 5.0
-_USER_AGENT = "deploykit"
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -141,7 +139,9 @@ def http_request(
     timeout: float = DEFAULT_TIMEOUT,
     max_body: int = 1024 * 1024,
 ) -> HttpReply:
-    """One HTTP request with urllib; never raises for network or HTTP errors.
+    """One HTTP request with the HTTP checks' client (:func:`deploykit.tasks.http.request`:
+    no redirect followed, so a POST never turns into a GET; no proxy from the
+    environment); never raises for network or HTTP errors.
 
     ``payload`` is sent as JSON. Secret URL parts and header values are
     revealed only in the request; every error text is redacted.
@@ -149,35 +149,22 @@ def http_request(
     """
     secrets = [*url_secrets(url), *(v for v in (headers or {}).values() if isinstance(v, Secret))]
     data = None if payload is None else json.dumps(payload).encode("utf-8")
-    request = urllib.request.Request(
-        url.reveal() if isinstance(url, Secret) else url, data=data, method=method)
-    request.add_header("User-Agent", _USER_AGENT)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
+    sent = {} if data is None else {"Content-Type": "application/json"}
     for name, value in (headers or {}).items():
-        request.add_header(name, value.reveal() if isinstance(value, Secret) else value)
+        sent[name] = value.reveal() if isinstance(value, Secret) else value
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return HttpReply(response.status, response.read(max_body))
-    except urllib.error.HTTPError as exc:
-        body = b""
-        try:
-            body = exc.read(4096)
-        except (OSError, ValueError):
-            pass
-        return HttpReply(exc.code, redact(body.decode("utf-8", "replace"), secrets).encode())
-    except TimeoutError:
-        return HttpReply(None, error=f"no answer within {timeout:g} s")
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError | socket.timeout):
-            return HttpReply(None, error=f"no answer within {timeout:g} s")
-        text = getattr(reason, "strerror", None) or str(reason)
-        return HttpReply(None, error=redact(f"cannot reach {display_url(url)}: {text}",
-                                            secrets))
-    except (OSError, ValueError, http.client.HTTPException) as exc:
+        response = http.request(url.reveal() if isinstance(url, Secret) else url,
+                                method=method, headers=sent, timeout=timeout, body=data)
+    except ConfigError as exc:
         return HttpReply(None, error=redact(f"request to {display_url(url)} failed: "
-                                            f"{exc or type(exc).__name__}", secrets))
+                                            f"{exc.message}", secrets))
+    if response.status is None:
+        return HttpReply(None, error=redact(f"cannot reach {display_url(url)}: "
+                                            f"{response.error}", secrets))
+    body = response.body[:max_body]
+    if not 200 <= response.status < 300:
+        body = redact(body.decode("utf-8", "replace"), secrets).encode()
+    return HttpReply(response.status, body)
 
 
 # -- events and webhooks ----------------------------------------------------------------------

@@ -324,7 +324,7 @@ def test_ci_http_errors_and_garbage_fail_with_a_hint() -> None:
     check = checks.ci_status(f"http://127.0.0.1:{port}/status", timeout=2)
     assert check.run_on_controller().message == (
         f"CI status API http://127.0.0.1:{port}/status: cannot reach "
-        f"http://127.0.0.1:{port}/status: Connection refused")
+        f"http://127.0.0.1:{port}/status: connection refused by 127.0.0.1:{port}")
 
 
 def test_ci_sha_defaults_to_the_repository_head(tmp_path: Path) -> None:
