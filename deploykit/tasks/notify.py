@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from deploykit import humanize
 from deploykit.errors import ConfigError
 from deploykit.result import Result, Status
 from deploykit.secrets import REDACTED, Secret, redact
@@ -239,12 +240,6 @@ _SLACK_STYLE: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 class SlackWebhook(Webhook):
     """A Slack (or Mattermost, Rocket.Chat) incoming webhook: ``text`` + ``attachments``."""
 
@@ -255,7 +250,7 @@ class SlackWebhook(Webhook):
         version = f" {event.version}" if event.version else ""
         text = f"{emoji} {event.app}{version}: deploy {event.deploy_id} {verb}"
         if event.duration is not None and event.event != "start":
-            text += f" after {_duration(event.duration)}"
+            text += f" after {humanize.duration(event.duration)}"
         if event.message:
             text += f": {event.message}"
         hosts = ", ".join(event.hosts)
