@@ -301,3 +301,54 @@ def test_proxy_variables_are_not_used(receiver: Receiver, monkeypatch: pytest.Mo
     (result,) = notify.send([notify.webhook(receiver.url("/direct"))], event())
     assert result.ok, result.message
     assert [r.path for r in receiver.requests] == ["/direct"]
+
+
+# -- apprise (deploykit[notify]) and failures before the deploy ------------------------------------
+
+
+def test_apprise_delivers_to_a_local_json_receiver(receiver: Receiver) -> None:
+    pytest.importorskip("apprise")
+    port = receiver.server.server_address[1]
+    target = notify.apprise_url(f"json://ops:pa55word@127.0.0.1:{port}/apprise")
+    (result,) = notify.send([target], event("failure", message="health gate failed"))
+    assert result.ok, result.message
+    assert (result.target, result.url) == ("json", "json://********")
+    (request,) = receiver.requests
+    assert request.method == "POST" and request.path == "/apprise"
+    body = request.json()
+    assert body["title"] == "shop v2: deploy 20261125T173000Z-abc1234 FAILED"
+    assert body["type"] == "failure"
+    assert "message: health gate failed" in body["message"]
+    assert "hosts: web-1, web-2" in body["message"]
+    assert "pa55word" not in repr(target) + repr(result)
+
+
+def test_apprise_refuses_an_url_it_does_not_know() -> None:
+    pytest.importorskip("apprise")
+    with pytest.raises(ConfigError, match=r"apprise does not understand the URL 'nope://\*"):
+        notify.apprise_url("nope://secret-token@somewhere")
+
+
+def test_without_apprise_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "apprise", None)
+    with pytest.raises(ConfigError, match=r"install deploykit\[notify\]"):
+        notify.apprise_url("json://127.0.0.1:9/x")
+
+
+def test_a_failed_preflight_notifies_every_target(receiver: Receiver) -> None:
+    pytest.importorskip("apprise")
+    port = receiver.server.server_address[1]
+    targets = [notify.webhook(receiver.url("/json")),
+               notify.apprise_url(f"json://127.0.0.1:{port}/apprise"),
+               notify.webhook(receiver.url("/starts-only"), events=["start"])]
+    results = notify.stage_failed(Notifier(targets), "pre-flight", deploy_id="d9", app="shop",
+                                  version="v3", message="db-1: disk full")
+    assert [(r.target, r.ok) for r in results] == [("webhook", True), ("json", True)]
+    by_path = {r.path: r.json() for r in receiver.requests}
+    assert set(by_path) == {"/json", "/apprise"}
+    assert by_path["/json"]["event"] == "failure"
+    assert by_path["/json"]["result"] == "pre-flight failed"
+    assert by_path["/json"]["message"] == "db-1: disk full"
+    assert "result: pre-flight failed" in by_path["/apprise"]["message"]
+    assert notify.stage_failed(None, "build", deploy_id="d9", app="shop", message="x") == []
