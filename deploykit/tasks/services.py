@@ -65,6 +65,7 @@ __all__ = [
     "program",
     "restart",
     "service",
+    "start_failure",
     "status",
 ]
 
@@ -441,6 +442,26 @@ def status(conn: Connection, name: str, *, manager: str | None = None) -> Servic
     out = conn.run(backend.status_script(_check_name(name)), write=False, check=False,
                    task=f"services.status {name}").stdout
     return backend.parse_status(name, out)
+
+
+#: States in which a started program is not coming up (supervisor's and systemd's, as
+#: :class:`ServiceStatus` names them).
+NOT_COMING_UP = ("BACKOFF", "FATAL", "EXITED", "STOPPED", "failed", ABSENT)
+
+
+def start_failure(conn: Connection, name: str, *, manager: str | None = None,
+                  log_lines: int = LOG_LINES) -> str | None:
+    """Why a program started with ``ready="started"`` is not coming up, or None while it
+    is STARTING or RUNNING: its state and the last ``log_lines`` of its stderr log.
+    For a health gate to stop waiting on a program that crashed (read-only)."""
+    backend = manager_for(conn.host, _check_manager(manager))
+    now = status(conn, name, manager=manager)
+    if now.state not in NOT_COMING_UP:
+        return None
+    log = conn.run(backend.log_script(name, log_lines), write=False, check=False,
+                   task=f"services.status {name}").stdout.rstrip()
+    return (f"program {name} is {now.state}{f' ({now.detail})' if now.detail else ''}. "
+            f"Last {log_lines} lines of its stderr log:\n{log or '(empty)'}")
 
 
 # -- tasks ---------------------------------------------------------------------------------

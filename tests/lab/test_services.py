@@ -220,15 +220,20 @@ def test_ready_started_returns_once_the_process_is_up_and_a_crash_still_shows(
     first = apply_twice(conn, task)
     assert first.diff.endswith("state: ABSENT -> RUNNING")
     assert supervisor_status(conn, name)[0] == "STARTING"
-    pid = services.status(conn, name).pid
+    before = conn.run(["pgrep", "-f", "^/bin/sleep 1000"]).stdout.split()
     restarted = services.restart(name, startsecs=600, ready="started").run(conn)
     assert restarted.status is Status.CHANGED, restarted.message
     assert supervisor_status(conn, name)[0] == "STARTING"
-    assert conn.run(["pgrep", "-f", "^/bin/sleep 1000"]).stdout.split() != [str(pid)]
+    after = conn.run(["pgrep", "-f", "^/bin/sleep 1000"]).stdout.split()
+    assert len(before) == len(after) == 1 and after != before  # a new process
 
     crash = names()
-    services.program(crash, ["/bin/sh", "-c", "exit 3"], startsecs=1, startretries=0,
-                     ready="started").run(conn)  # changed or failed: it may exit first
+    services.program(crash, ["/bin/sh", "-c", "echo 'bad config' >&2; exit 3"], startsecs=1,
+                     startretries=0, ready="started").run(conn)  # it may exit before the wait
     conn.run(f"for i in $(seq 100); do supervisorctl status {crash} | grep -q FATAL && exit; "
              "sleep 0.2; done; exit 1")
     assert services.status(conn, crash).state == "FATAL"
+    assert services.start_failure(conn, name) is None  # the sleeper is still starting
+    why = services.start_failure(conn, crash)
+    assert why is not None and why.startswith(f"program {crash} is FATAL")
+    assert why.endswith("bad config")
