@@ -2,8 +2,9 @@
 
 The layout on a host, for app ``sampleapp`` under ``root="/srv"``::
 
-    /srv/sampleapp/releases/v1/     an unpacked artifact, its venv, links to shared/
+    /srv/sampleapp/releases/v1/     an unpacked artifact, links to shared/, venv -> envs/...
     /srv/sampleapp/releases/v2/
+    /srv/sampleapp/envs/<deps>.<n>/ a virtualenv per dependency set, shared by releases
     /srv/sampleapp/shared/.env      what every release shares (config, uploads, logs)
     /srv/sampleapp/current -> /srv/sampleapp/releases/v2
     /srv/sampleapp/blue    -> /srv/sampleapp/releases/v1    (blue/green: one link per colour)
@@ -543,11 +544,13 @@ def install(
 ) -> InstallTask:
     """Install ``artifact`` as ``<root>/<app>/releases/<release_id>``.
 
-    Uploads the tarball (checked by SHA-256 on the host), unpacks it, builds
-    its venv from the bundled wheels with
-    :func:`deploykit.artifacts.install_command` (no network), links each
-    shared path to ``<root>/<app>/shared/<path>``, and last writes the
-    release record (with the artifact's SHA-256 and the install time).
+    Uploads the tarball (checked by SHA-256 on the host), unpacks it, links its
+    ``venv`` to the environment of its dependency set (requirements, wheel
+    hashes, the host's Python), building that environment from the bundled
+    wheels first only when the host has no sound one (no network; see
+    :mod:`deploykit.tasks.environments`), links each shared path to
+    ``<root>/<app>/shared/<path>``, and last writes the release record (with
+    the artifact's SHA-256 and the install time).
 
     Args:
         app: the app's name (``/srv/<app>``).
@@ -568,9 +571,11 @@ def install(
     never overwritten. An interrupted install (no record) is redone.
     Failure: a failed unpack or pip install removes the new release directory
     and reports the end of the output.
-    Check mode: ``release: (none) -> v2 (sha256:..., N bytes)``.
+    Check mode: ``release: (none) -> v2 (sha256:..., N bytes)`` and
+    ``environment: (none) -> /srv/app/envs/<key>.<n> (reused)`` (or ``<key> (new)``).
     Undo: removes the release directory this task created, and the shared
-    directories it created while they are still empty.
+    directories it created while they are still empty (an environment it built
+    stays until :func:`cleanup` finds no release using it).
     """
     return InstallTask(app, artifact, release_id=release_id, root=root,
                        shared_files=shared_files, shared_dirs=shared_dirs, python=python,
@@ -887,6 +892,8 @@ def cleanup(app: str, *, keep: int = 5, keep_failed: int = 1, root: str = DEFAUL
     rollback always has somewhere to go). Failed releases never count toward
     ``keep``; the newest ``keep_failed`` of them stay for inspection.
     Interrupted installs are removed. See :func:`removable` for the rule.
+    Then every environment no remaining release uses is removed (under the
+    environments' lock, re-checked there: one an install linked meanwhile stays).
 
     Idempotence: ``ok`` when nothing is beyond the limits.
     Check mode: ``release v1: ok -> absent`` per release.
