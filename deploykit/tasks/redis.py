@@ -55,6 +55,7 @@ import redis as redispy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from deploykit import humanize
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import ConfigError, ConnectError, DeployError, TaskError
 from deploykit.inventory import Host
@@ -736,10 +737,6 @@ def parse_size(size: int | str) -> int:
     return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f} MiB"
-
-
 class CheckTask(RedisTask):
     """Redis answers PING, and INFO meets thresholds. See :func:`check`."""
 
@@ -779,8 +776,8 @@ class CheckTask(RedisTask):
         if self.role is not None and facts["role"] != self.role:
             failures.append(f"role is {facts['role']}, expected {self.role}")
         if self.max_memory is not None and facts["used_memory"] > self.max_memory:
-            failures.append(f"used_memory {_mib(facts['used_memory'])} is over the limit "
-                            f"{_mib(self.max_memory)}")
+            failures.append(f"used_memory {humanize.size(facts['used_memory'])} is over the limit "
+                            f"{humanize.size(self.max_memory)}")
         clients = facts.get("connected_clients", 0)
         if self.max_clients is not None and clients > self.max_clients:
             failures.append(f"connected_clients {clients} is over the limit {self.max_clients}")
