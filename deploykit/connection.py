@@ -57,6 +57,13 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 _READ_SIZE = 65536
+_SID_TAG = b"\x1edk-sid "
+# The session id of the remote shell, read without starting a process (field 6 of
+# /proc/$$/stat; sshd starts each command in a session of its own, and sudo's use_pty a
+# new one): the first stderr line of every command run() sends, stripped from its result.
+_SID_REPORT = ("read -r _ _ _ _ _ __dk_sid _ < /proc/$$/stat 2>/dev/null && "
+               "printf '\\036dk-sid %s\\n' \"$__dk_sid\" >&2; unset __dk_sid; ")
+_STOP_GRACE = 3.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _key_cache: dict[str, paramiko.PKey] = {}
 _key_cache_lock = threading.Lock()
@@ -280,9 +287,13 @@ class Connection:
 
     # -- commands --------------------------------------------------------------
 
-    def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None
-              ) -> tuple[str, bytes]:
+    def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None,
+              *, track: bool = False) -> tuple[str, bytes]:
         """The command line to send and the bytes to send before the caller's stdin.
+
+        ``track``: the command first writes one line to stderr naming its session
+        (:data:`_SID_LINE`), which :meth:`run` strips, so a timeout or an interrupt can
+        end every process the command started (:meth:`_stop_remote`).
 
         ``env`` never appears in the command line (where ``ps`` on the host would
         show it to every user for the command's duration): its ``export`` lines go
@@ -312,6 +323,8 @@ class Connection:
             command = (f'__dk_env=; while IFS= read -r __dk_line && [ "$__dk_line" != {marker} ]'
                        '; do __dk_env="$__dk_env$__dk_line\n"; done; eval "$__dk_env"; '
                        f"unset __dk_env __dk_line; {command}")
+        if track:
+            command = f"{_SID_REPORT}{command}"
         become = self.host.become if sudo is None else sudo
         if become and self.host.user != "root":
             command = f"sudo -n -H -- sh -c {quote(command)}"
@@ -347,20 +360,26 @@ class Connection:
         to_send = render(command)[0]
         if env:
             self.secrets.update(v for v in env.values() if isinstance(v, Secret))
-        to_send, prefix = self._wrap(to_send, sudo, env)
+        to_send, prefix = self._wrap(to_send, sudo, env, track=True)
         client = self.open()._client
         assert client is not None
         transport = client.get_transport()
         assert transport is not None
         started = time.monotonic()
         limit = timeout if timeout is not None else self.command_timeout
+        out_parts: list[bytes] = []
+        err_parts: list[bytes] = []
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
-            if _send_input(chan, prefix + (stdin.encode() if isinstance(stdin, str)
-                                           else stdin or b"")):
-                chan.shutdown_write()
-            out, err = self._collect(chan, started, limit, to_log)
+            try:
+                if _send_input(chan, prefix + (stdin.encode() if isinstance(stdin, str)
+                                               else stdin or b"")):
+                    chan.shutdown_write()
+                self._collect(chan, started, limit, to_log, out_parts, err_parts)
+            except BaseException:  # a timeout, Ctrl-C, SIGTERM: the command stops too
+                self._stop_remote(chan, err_parts, sudo)
+                raise
             exit_code = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -368,6 +387,8 @@ class Connection:
             raise ConnectError(f"connection to {self._where()} lost while running "
                                f"{to_log!r}: {exc or type(exc).__name__}",
                                host=self.name, task=task) from None
+        out = b"".join(out_parts)
+        err = _strip_session_line(b"".join(err_parts))
         secrets = list(self.secrets)
         result = CommandResult(
             host=self.name,
@@ -449,16 +470,16 @@ class Connection:
                                      host=self.name, exit_code=code, stderr=detail)
 
     def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
-                 to_log: str) -> tuple[bytes, bytes]:
-        out: list[bytes] = []
-        err: list[bytes] = []
+                 to_log: str, out: list[bytes], err: list[bytes]) -> None:
+        """Read the command's stdout and stderr into ``out`` and ``err`` until its EOF;
+        RemoteCommandError when ``limit`` seconds have passed since ``started``."""
         while True:
             while chan.recv_ready():
                 out.append(chan.recv(_READ_SIZE))
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(_READ_SIZE))
             if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
-                return b"".join(out), b"".join(err)
+                return
             transport = chan.get_transport()  # a dead peer (dead_after): the transport ends
             if transport is None or not transport.is_active():
                 raise EOFError("the SSH connection died (no answer from the host)")
@@ -466,10 +487,43 @@ class Connection:
             if limit is not None:
                 wait = limit - (time.monotonic() - started)
                 if wait <= 0:
-                    chan.close()
                     raise RemoteCommandError(
                         f"command timed out after {limit:g} s: {to_log}", host=self.name)
             select.select([chan], [], [], min(wait, 1.0))
+
+    def _stop_remote(self, chan: paramiko.Channel, err: list[bytes], sudo: bool | None) -> None:
+        """End every process of a command that is being abandoned (timeout, interrupt).
+
+        Closing the channel is not enough: without a terminal, sshd sends no SIGHUP, and
+        the command (a ``pip install``, a ``pg_restore``) would keep running while its
+        undo runs. The command named its session on its first stderr line; a second
+        command sends SIGTERM to that session, and SIGKILL to what is left after
+        :data:`_STOP_GRACE` seconds. Best effort and bounded in time: a lost connection
+        only closes the channel.
+        """
+        try:
+            session = _session_id(chan, err)
+            transport = chan.get_transport()
+            if session is not None and transport is not None and transport.is_active():
+                script = (f"pkill -TERM -s {session}; i=0; while pgrep -s {session} "
+                          f">/dev/null && [ $i -lt {int(_STOP_GRACE * 10)} ]; do sleep 0.1; "
+                          f"i=$((i+1)); done; pkill -KILL -s {session}; true")
+                to_send, _ = self._wrap(script, sudo, None)
+                killer = transport.open_session(timeout=self.connect_timeout)
+                killer.settimeout(_STOP_GRACE + self.connect_timeout)
+                killer.exec_command(to_send)
+                killer.shutdown_write()
+                deadline = time.monotonic() + _STOP_GRACE + self.connect_timeout
+                while not killer.exit_status_ready() and time.monotonic() < deadline:
+                    select.select([killer], [], [], 0.2)
+                    while killer.recv_ready():
+                        killer.recv(_READ_SIZE)
+                killer.close()
+                log.debug("%s: stopped remote session %s", self.name, session)
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        finally:
+            chan.close()
 
     # -- files -----------------------------------------------------------------
 
@@ -535,6 +589,34 @@ class Connection:
         if local_path is not None:
             Path(local_path).write_bytes(data)
         return data
+
+
+def _session_id(chan: paramiko.Channel, err: list[bytes]) -> int | None:
+    """The remote session id a tracked command wrote on its first stderr line (read from
+    the channel for up to a second when it has not been read yet), or None."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        head = b"".join(err[:4])
+        if b"\n" in head or (head and not head.startswith(_SID_TAG[:len(head)])):
+            break
+        if chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(_READ_SIZE))
+            continue
+        if time.monotonic() > deadline or chan.closed:
+            break
+        time.sleep(0.02)
+    first = b"".join(err[:4]).partition(b"\n")[0]
+    if not first.startswith(_SID_TAG):
+        return None
+    value = first[len(_SID_TAG):].strip()
+    return int(value) if value.isdigit() and int(value) > 1 else None
+
+
+def _strip_session_line(err: bytes) -> bytes:
+    """``err`` without the session line a tracked command writes first."""
+    if err.startswith(_SID_TAG):
+        return err.partition(b"\n")[2]
+    return err
 
 
 def _send_input(chan: paramiko.Channel, data: bytes) -> bool:
