@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 import select
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import paramiko
 
@@ -67,6 +68,36 @@ _STOP_GRACE = 3.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _key_cache: dict[str, paramiko.PKey] = {}
 _key_cache_lock = threading.Lock()
+
+
+_CHUNK = 1 << 20  # read from a local file at a time
+_PIECE = 1 << 15  # handed to paramiko at a time (its packet size): no quadratic copying
+_cancelled = threading.Event()
+
+
+class TransferCancelled(KeyboardInterrupt):
+    """Raised in every running command and upload after :func:`cancel_transfers`."""
+
+
+def cancel_transfers() -> None:
+    """Stop every running command and upload of this process at its next chunk.
+
+    Each raises :class:`TransferCancelled` (a KeyboardInterrupt) in its own thread,
+    after ending its remote processes. For a signal handler: SIGINT and SIGTERM only
+    interrupt the main thread, while uploads run in the runner's worker threads.
+    New commands fail the same way until :func:`resume_transfers`.
+    """
+    _cancelled.set()
+
+
+def resume_transfers() -> None:
+    """Allow commands and uploads again after :func:`cancel_transfers`."""
+    _cancelled.clear()
+
+
+def _check_cancelled() -> None:
+    if _cancelled.is_set():
+        raise TransferCancelled("cancelled")
 
 
 @dataclass
@@ -338,7 +369,7 @@ class Connection:
         check: bool = True,
         sudo: bool | None = None,
         env: Mapping[str, str | Secret] | None = None,
-        stdin: bytes | str | None = None,
+        stdin: bytes | str | BinaryIO | None = None,
         timeout: float | None = None,
         task: str | None = None,
     ) -> CommandResult:
@@ -353,7 +384,11 @@ class Connection:
         (``ps`` on the host shows it): ``env`` goes through stdin, and a Secret
         in a list command becomes a variable reference whose value goes with
         ``env``. A NUL byte in the command or in ``env`` raises ConfigError.
+        ``stdin`` may be a binary file object, sent in chunks (memory stays bounded).
+        A timeout, an interrupt or :func:`cancel_transfers` ends the command's remote
+        processes (see :meth:`_stop_remote`).
         """
+        _check_cancelled()
         to_log = render(command)[1]
         self.secrets.update(secrets_in(command))
         command, env = _secrets_to_env(command, env)
@@ -373,8 +408,8 @@ class Connection:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
             try:
-                if _send_input(chan, prefix + (stdin.encode() if isinstance(stdin, str)
-                                               else stdin or b"")):
+                if _send_input(chan, prefix, stdin.encode() if isinstance(stdin, str)
+                               else stdin):
                     chan.shutdown_write()
                 self._collect(chan, started, limit, to_log, out_parts, err_parts)
             except BaseException:  # a timeout, Ctrl-C, SIGTERM: the command stops too
@@ -474,6 +509,7 @@ class Connection:
         """Read the command's stdout and stderr into ``out`` and ``err`` until its EOF;
         RemoteCommandError when ``limit`` seconds have passed since ``started``."""
         while True:
+            _check_cancelled()
             while chan.recv_ready():
                 out.append(chan.recv(_READ_SIZE))
             while chan.recv_stderr_ready():
@@ -551,15 +587,16 @@ class Connection:
         the target. Returns False (and sends nothing) when the remote file
         already has the same content and ``skip_identical`` is set. The
         checksum travels in the environment, never in the logged command (a
-        hash of a weak secret could be guessed back).
+        hash of a weak secret could be guessed back). A Path is read and sent in
+        chunks (memory stays bounded, time linear in its size); an interrupt or
+        :func:`cancel_transfers` stops the upload and removes the temporary file.
         """
+        payload: bytes | None = None
         if isinstance(data, Path):
-            payload = data.read_bytes()
-        elif isinstance(data, str):
-            payload = data.encode()
+            digest, size = _file_sha256(data)
         else:
-            payload = data
-        digest = hashlib.sha256(payload).hexdigest()
+            payload = data.encode() if isinstance(data, str) else data
+            digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
         if skip_identical and self.sha256(remote_path, sudo=sudo) == digest:
             return False
         dest = quote(remote_path)
@@ -567,8 +604,14 @@ class Connection:
             "set -e",
             f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
             "trap 'rm -f \"$tmp\"' EXIT",
-            'cat > "$tmp"',
-            '[ "$(sha256sum < "$tmp" | cut -c1-64)" = "$DK_SHA256" ] || '
+            "trap 'exit 143' TERM INT HUP",  # a stopped upload leaves no temporary file
+            # hashed while written (tee), not read again afterwards; the size catches a
+            # write that failed (tee goes on feeding the hash after a full disk)
+            'sum=$(tee -- "$tmp" | sha256sum)',
+            '[ "$(wc -c < "$tmp")" = "$DK_SIZE" ] || '
+            '{ echo "upload incomplete: $(wc -c < "$tmp") of $DK_SIZE bytes written" >&2; '
+            "exit 3; }",
+            '[ "${sum%% *}" = "$DK_SHA256" ] || '
             '{ echo "checksum mismatch after upload" >&2; exit 3; }',
         ]
         if mode is not None:
@@ -579,7 +622,14 @@ class Connection:
         if owner or group:
             steps.append(f'chown {quote((owner or "") + (":" + group if group else ""))} "$tmp"')
         steps += [f'mv -f -- "$tmp" {dest}', "trap - EXIT"]
-        self.run("\n".join(steps), stdin=payload, sudo=sudo, env={"DK_SHA256": digest})
+        script = "\n".join(steps)
+        env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
+        if payload is not None:
+            self.run(script, stdin=payload, sudo=sudo, env=env)
+            return True
+        assert isinstance(data, Path)
+        with data.open("rb") as source:
+            self.run(script, stdin=source, sudo=sudo, env=env)
         return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,
@@ -589,6 +639,27 @@ class Connection:
         if local_path is not None:
             Path(local_path).write_bytes(data)
         return data
+
+
+_hash_cache: dict[tuple[str, int, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def _file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a local file, read in chunks; computed once per file version
+    (path, inode, size, mtime) and process, for an artifact sent to many hosts."""
+    try:
+        with _hash_lock, path.open("rb") as f:
+            info = os.fstat(f.fileno())
+            key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+            if key not in _hash_cache:
+                digest = hashlib.sha256()
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+                _hash_cache[key] = digest.hexdigest()
+            return _hash_cache[key], info.st_size
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _session_id(chan: paramiko.Channel, err: list[bytes]) -> int | None:
@@ -619,13 +690,31 @@ def _strip_session_line(err: bytes) -> bytes:
     return err
 
 
-def _send_input(chan: paramiko.Channel, data: bytes) -> bool:
-    """Send a command's stdin; False when the command exited before reading it all (``cat``
-    on a full disk, a failed check): not a lost connection, its exit status and stderr say
-    what happened. A channel closed without an exit status is a lost connection (raised)."""
+def _pieces(prefix: bytes, body: bytes | BinaryIO | None) -> Iterator[bytes]:
+    """``prefix`` then ``body`` (bytes or a binary file read chunk by chunk) in pieces of
+    :data:`_PIECE` bytes: linear time, memory bounded by :data:`_CHUNK` for a file."""
+    def chunks() -> Iterator[bytes]:
+        yield prefix
+        if isinstance(body, bytes | bytearray | memoryview):
+            yield from (bytes(body[i:i + _CHUNK]) for i in range(0, len(body), _CHUNK))
+        elif body is not None:
+            while chunk := body.read(_CHUNK):
+                yield chunk
+    for chunk in chunks():
+        view = memoryview(chunk)
+        for i in range(0, len(view), _PIECE):
+            yield bytes(view[i:i + _PIECE])
+
+
+def _send_input(chan: paramiko.Channel, prefix: bytes, body: bytes | BinaryIO | None) -> bool:
+    """Send a command's stdin in pieces (checking :func:`cancel_transfers` between them);
+    False when the command exited before reading it all (``cat`` on a full disk, a failed
+    check): not a lost connection, its exit status and stderr say what happened. A channel
+    closed without an exit status is a lost connection (raised)."""
     try:
-        if data:
-            chan.sendall(data)
+        for piece in _pieces(prefix, body):
+            _check_cancelled()
+            chan.sendall(piece)
     except OSError:
         if chan.exit_status_ready():
             return False
