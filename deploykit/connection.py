@@ -12,9 +12,13 @@ Built on paramiko, with the safety and speed a deploy tool needs:
   partition, host down) mid-command is a lost connection within about their sum,
   not a command that waits for its timeout;
 * ``become``: commands run through ``sudo -n`` when the login user is not root;
-* uploads go through the command's stdin into a temporary file next to the
-  target, are checked against their SHA-256, and replace the target with one
-  atomic ``mv``: a reader never sees half a file;
+* uploads stream through the command's stdin (in chunks: bounded memory, time
+  linear in the size) into a temporary file next to the target; the host checks
+  the size and waits for the controller's confirmation that what it sent has the
+  announced SHA-256, then replaces the target with one atomic ``mv``: a reader
+  never sees half a file; an interrupt or :func:`cancel_transfers` stops it;
+* a command abandoned on a timeout or an interrupt is ended on the host with
+  every process it started (its session gets SIGTERM, then SIGKILL);
 * a command log (:attr:`Connection.log`) of every command sent, secrets
   redacted, each marked as a read or a write: what tests use to prove that a
   no-op run sends no write command.
@@ -23,6 +27,7 @@ Built on paramiko, with the safety and speed a deploy tool needs:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -71,7 +76,7 @@ _key_cache_lock = threading.Lock()
 
 
 _CHUNK = 1 << 20  # read from a local file at a time
-_PIECE = 1 << 15  # handed to paramiko at a time (its packet size): no quadratic copying
+_PIECE = 4 * (32768 - 64)  # to paramiko at a time: 4 full SSH packets, no quadratic copying
 _cancelled = threading.Event()
 
 
@@ -582,9 +587,9 @@ class Connection:
     ) -> bool:
         """Upload ``data`` (bytes, text, or a local Path) to ``remote_path`` atomically.
 
-        The bytes go into a temporary file beside the target, their SHA-256 is
-        checked on the host, mode and owner are set, then one ``mv`` replaces
-        the target. Returns False (and sends nothing) when the remote file
+        The bytes go into a temporary file beside the target; its size is checked
+        on the host and the controller confirms the SHA-256 of what it sent; mode
+        and owner are set, then one ``mv`` replaces the target. Returns False (and sends nothing) when the remote file
         already has the same content and ``skip_identical`` is set. The
         checksum travels in the environment, never in the logged command (a
         hash of a weak secret could be guessed back). A Path is read and sent in
@@ -605,14 +610,17 @@ class Connection:
             f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
             "trap 'rm -f \"$tmp\"' EXIT",
             "trap 'exit 143' TERM INT HUP",  # a stopped upload leaves no temporary file
-            # hashed while written (tee), not read again afterwards; the size catches a
-            # write that failed (tee goes on feeding the hash after a full disk)
-            'sum=$(tee -- "$tmp" | sha256sum)',
-            '[ "$(wc -c < "$tmp")" = "$DK_SIZE" ] || '
-            '{ echo "upload incomplete: $(wc -c < "$tmp") of $DK_SIZE bytes written" >&2; '
+            # exactly DK_SIZE bytes, then the controller's confirmation that what it sent
+            # has the SHA-256 it announced (the local file did not change meanwhile); SSH's
+            # MAC guards the bytes in transit, so the host does not hash them again
+            'head -c "$DK_SIZE" > "$tmp" || :',
+            'got=$(wc -c < "$tmp")',
+            '[ "$got" = "$DK_SIZE" ] || '
+            '{ echo "upload incomplete: $got of $DK_SIZE bytes written" >&2; exit 3; }',
+            'IFS= read -r confirmed || :',
+            '[ "$confirmed" = "sent $DK_SHA256" ] || '
+            '{ echo "upload not confirmed: the local file changed while it was sent" >&2; '
             "exit 3; }",
-            '[ "${sum%% *}" = "$DK_SHA256" ] || '
-            '{ echo "checksum mismatch after upload" >&2; exit 3; }',
         ]
         if mode is not None:
             steps.append(f'chmod {mode:o} "$tmp"')
@@ -625,11 +633,12 @@ class Connection:
         script = "\n".join(steps)
         env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
         if payload is not None:
-            self.run(script, stdin=payload, sudo=sudo, env=env)
+            self.run(script, sudo=sudo, env=env,
+                     stdin=_ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
             return True
         assert isinstance(data, Path)
         with data.open("rb") as source:
-            self.run(script, stdin=source, sudo=sudo, env=env)
+            self.run(script, sudo=sudo, env=env, stdin=_ConfirmedReader(source, size, digest))
         return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,
@@ -639,6 +648,41 @@ class Connection:
         if local_path is not None:
             Path(local_path).write_bytes(data)
         return data
+
+
+class _ConfirmedReader(io.RawIOBase):
+    """Exactly ``size`` bytes of ``source``, then ``sent <sha256>\\n`` when they hash to
+    ``digest`` (checked while they are read, when ``verify``): the confirmation
+    :meth:`Connection.put`'s remote script waits for before it installs the file. A source
+    that changed size or content raises ConfigError, which stops the upload."""
+
+    def __init__(self, source: BinaryIO, size: int, digest: str, *, verify: bool = True
+                 ) -> None:
+        super().__init__()
+        self._source, self._left, self._digest = source, size, digest
+        self._hash = hashlib.sha256() if verify else None
+        self._trailer: bytes | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left > 0:
+            chunk = self._source.read(min(self._left, n if n > 0 else _CHUNK))
+            if not chunk:
+                raise ConfigError(f"{getattr(self._source, 'name', 'the upload')} changed "
+                                  "while it was sent (shorter than when it was hashed)")
+            self._left -= len(chunk)
+            if self._hash is not None:
+                self._hash.update(chunk)
+            return chunk
+        if self._trailer is None:
+            if self._hash is not None and self._hash.hexdigest() != self._digest:
+                raise ConfigError(f"{getattr(self._source, 'name', 'the upload')} changed "
+                                  "while it was sent (its SHA-256 differs)")
+            self._trailer = f"sent {self._digest}\n".encode()
+            return self._trailer
+        return b""
 
 
 _hash_cache: dict[tuple[str, int, int, int], str] = {}
