@@ -50,6 +50,7 @@ from deploykit.errors import (
     HostKeyError,
     RemoteCommandError,
 )
+from deploykit.hostkeys import KnownHostEntry, KnownHosts, host_pattern_name, load_known_hosts
 from deploykit.secrets import Secret, redact
 from deploykit.shell import Command, check_no_nul, quote, render, secrets_in
 
@@ -137,17 +138,35 @@ class LoggedCommand:
     exit_code: int
 
 
+_PUBLIC_KEY_PREFIXES = (b"ssh-", b"ecdsa-", b"sk-", b"---- BEGIN SSH2 PUBLIC KEY")
+
+
 def _load_key(path: str) -> paramiko.PKey:
-    """Load a private key once per process (parsing costs milliseconds per host)."""
+    """Load a private key once per process (parsing costs milliseconds per host).
+    AuthenticationError naming the file when it is not a private key we can read."""
     with _key_cache_lock:
         key = _key_cache.get(path)
         if key is None:
             try:
                 key = paramiko.PKey.from_path(path)
-            except (OSError, paramiko.SSHException) as exc:
-                raise AuthenticationError(f"cannot read identity file {path}: {exc}") from None
+            except (OSError, paramiko.SSHException, ValueError) as exc:
+                raise AuthenticationError(_key_problem(path, exc)) from None
             _key_cache[path] = key
         return key
+
+
+def _key_problem(path: str, exc: BaseException) -> str:
+    """Why ``path`` is not a usable identity file, in one line."""
+    try:
+        head = Path(path).read_bytes()[:64].lstrip()
+    except OSError as err:
+        return f"cannot read identity file {path}: {err.strerror or err}"
+    if head.startswith(_PUBLIC_KEY_PREFIXES):
+        private = path[:-4] if path.endswith(".pub") else "the matching private key"
+        return (f"identity file {path} is a public key; identity_file must name the "
+                f"private key ({private})")
+    detail = str(exc).split(". See https://")[0]  # cryptography's FAQ link adds nothing
+    return f"identity file {path} is not a private key paramiko can read: {detail}"
 
 
 def _env_marker(text: str) -> str:
@@ -174,6 +193,22 @@ def _secrets_to_env(command: Command, env: Mapping[str, str | Secret] | None
         else:
             parts.append(quote(arg))
     return " ".join(parts), merged
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    """The server's key is not trusted by known_hosts (see :class:`_RefuseUnknown`)."""
+
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__("host key not trusted")
+        self.key = key
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    """Never trust a key on its own: raise, carrying the key, for a precise message."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(key)
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
@@ -246,16 +281,21 @@ class Connection:
 
     def _connect(self) -> paramiko.SSHClient:
         host = self.host
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            pkey = _load_key(str(host.identity_file)) if host.identity_file else None
+        except AuthenticationError as exc:
+            raise AuthenticationError(exc.message, host=host.name) from None
         known_hosts = host.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
         try:
-            client.load_host_keys(known_hosts)
-        except FileNotFoundError:
-            pass  # no known key then: the connect below refuses the host
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read known_hosts file {known_hosts}: {exc}",
-                               host=host.name) from None
+            known = load_known_hosts(known_hosts)
+        except OSError as exc:
+            raise HostKeyError(f"cannot read known_hosts file {known_hosts}: "
+                               f"{exc.strerror or exc}", host=host.name) from None
+        name = host_pattern_name(host.address, host.port)
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_RefuseUnknown())
+        for key in known.keys_for(name):
+            client.get_host_keys().add(name, key.get_name(), key)
         try:
             sock = socket.create_connection((host.address, host.port),
                                             timeout=self.connect_timeout)
@@ -274,7 +314,7 @@ class Connection:
                 hostname=host.address,
                 port=host.port,
                 username=host.user,
-                pkey=_load_key(str(host.identity_file)) if host.identity_file else None,
+                pkey=pkey,
                 password=host.password.reveal() if host.password else None,
                 sock=sock,
                 timeout=self.connect_timeout,
@@ -283,8 +323,16 @@ class Connection:
                 allow_agent=False,
                 look_for_keys=host.identity_file is None and host.password is None,
             )
+        except _UnknownHostKey as exc:
+            client.close()
+            raise HostKeyError(self._unknown_key_message(known, name, exc.key),
+                               host=host.name) from None
         except paramiko.BadHostKeyException as exc:
             client.close()
+            revoked = known.revoked(name, exc.key)
+            if revoked is not None:
+                raise HostKeyError(self._revoked_message(revoked, exc.key),
+                                   host=host.name) from None
             raise HostKeyError(
                 f"the host key of {self._where()} CHANGED: known_hosts ({known_hosts}) has "
                 f"{_fingerprint(exc.expected_key)}, the host sent {_fingerprint(exc.key)}. "
@@ -298,13 +346,6 @@ class Connection:
                 host=host.name) from None
         except paramiko.SSHException as exc:
             client.close()
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyError(
-                    f"the host key of {self._where()} is unknown (not in {known_hosts}); "
-                    f"deploykit never trusts a key on its own. Check the fingerprint on the "
-                    f"host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then trust it "
-                    f"with: ssh-keyscan -p {host.port} {host.address} >> {known_hosts}",
-                    host=host.name) from None
             raise ConnectError(f"SSH with {self._where()} failed: {exc}",
                                host=host.name) from None
         except OSError as exc:
@@ -315,6 +356,29 @@ class Connection:
         if transport is not None and self.keepalive:
             transport.set_keepalive(self.keepalive)
         return client
+
+    def _unknown_key_message(self, known: KnownHosts, name: str, key: paramiko.PKey) -> str:
+        """Why a key not trusted by ``known`` is refused: revoked, only a CA, or unknown."""
+        revoked = known.revoked(name, key)
+        if revoked is not None:
+            return self._revoked_message(revoked, key)
+        trust = (f"Check the fingerprint on the host (ssh-keygen -lf "
+                 f"/etc/ssh/ssh_host_ed25519_key.pub), then trust it with: ssh-keyscan -p "
+                 f"{self.host.port} {self.host.address} >> {known.path}")
+        authorities = known.authorities_for(name)
+        if authorities:
+            where = ", ".join(f"line {a.line}" for a in authorities)
+            return (f"the host key of {self._where()} is not in {known.path}, which names it "
+                    f"only through @cert-authority ({where}); deploykit (paramiko) cannot "
+                    f"verify host certificates, so the host's own key must be listed. "
+                    f"{trust}")
+        return (f"the host key of {self._where()} is unknown (not in {known.path}); "
+                f"deploykit never trusts a key on its own. {trust}")
+
+    def _revoked_message(self, entry: KnownHostEntry, key: paramiko.PKey) -> str:
+        return (f"the host key of {self._where()} ({_fingerprint(key)}) is REVOKED by "
+                f"{entry.path} line {entry.line} (@revoked): refusing to connect. The host "
+                f"must get a new key, which you then trust after checking its fingerprint")
 
     def _known_hosts_name(self) -> str:
         if self.host.port == 22:
@@ -589,8 +653,9 @@ class Connection:
 
         The bytes go into a temporary file beside the target; its size is checked
         on the host and the controller confirms the SHA-256 of what it sent; mode
-        and owner are set, then one ``mv`` replaces the target. Returns False (and sends nothing) when the remote file
-        already has the same content and ``skip_identical`` is set. The
+        and owner are set, then one ``mv`` replaces the target. Returns False (and
+        sends nothing) when the remote file already has the same content and
+        ``skip_identical`` is set. The
         checksum travels in the environment, never in the logged command (a
         hash of a weak secret could be guessed back). A Path is read and sent in
         chunks (memory stays bounded, time linear in its size); an interrupt or

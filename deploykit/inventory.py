@@ -519,6 +519,8 @@ class _Parser:
             for key in SETTINGS
             if key in values
         }
+        for key in [k for k in values if k.endswith("_port")]:
+            values[key] = self.check_port_var(name, key, values[key], locs.get(key))
         return Host(
             name=name,
             address=s["address"],
@@ -531,6 +533,21 @@ class _Parser:
             vars=copy.deepcopy(values),
             groups=tuple(sorted(set(ranked) - {"all"}, key=lambda g: self.groups[g].order)),
         )
+
+    def check_port_var(self, host: str, key: str, value: Any, loc: _Loc | None) -> Any:
+        """A ``*_port`` var (``redis_port``, ``postgres_port``): an integer in 1..65535
+        (a string of digits is taken as the number), or None; InventoryError otherwise."""
+        if value is None or isinstance(value, Secret):
+            return value
+        number = value if type(value) is int else (
+            int(value) if isinstance(value, str) and value.isascii() and value.isdigit()
+            else None)
+        if number is None or not 1 <= number <= 65535:
+            got = repr(value) if isinstance(value, int | str) and len(repr(value)) <= 40 \
+                else _kind(value)
+            raise self.error(f"host {host!r}: {key!r} must be a port number in 1..65535, "
+                             f"got {got}", loc)
+        return number
 
     def check(self, host: str, key: str, value: Any, loc: _Loc) -> Any:
         """Validate one SSH setting and return it in its final form."""
