@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
 import secrets
 import select
@@ -39,7 +38,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -53,9 +52,22 @@ from deploykit.errors import (
 from deploykit.hostkeys import KnownHostEntry, KnownHosts, host_pattern_name, load_known_hosts
 from deploykit.secrets import Secret, redact
 from deploykit.shell import Command, check_no_nul, quote, render, secrets_in
+from deploykit.transfer import (
+    ConfirmedReader,
+    Readable,
+    TransferCancelled,
+    cancel_transfers,
+    check_cancelled,
+    file_sha256,
+    resume_transfers,
+    send_input,
+)
 
 if TYPE_CHECKING:
     from deploykit.inventory import Host
+
+__all__ = ["CommandResult", "Connection", "LoggedCommand", "TransferCancelled",
+           "cancel_transfers", "connect_all", "resume_transfers"]
 
 log = logging.getLogger("deploykit.connection")
 # paramiko logs failures that deploykit reports itself as one clear error (a refused
@@ -74,36 +86,6 @@ _STOP_GRACE = 3.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _key_cache: dict[str, paramiko.PKey] = {}
 _key_cache_lock = threading.Lock()
-
-
-_CHUNK = 1 << 20  # read from a local file at a time
-_PIECE = 4 * (32768 - 64)  # to paramiko at a time: 4 full SSH packets, no quadratic copying
-_cancelled = threading.Event()
-
-
-class TransferCancelled(KeyboardInterrupt):
-    """Raised in every running command and upload after :func:`cancel_transfers`."""
-
-
-def cancel_transfers() -> None:
-    """Stop every running command and upload of this process at its next chunk.
-
-    Each raises :class:`TransferCancelled` (a KeyboardInterrupt) in its own thread,
-    after ending its remote processes. For a signal handler: SIGINT and SIGTERM only
-    interrupt the main thread, while uploads run in the runner's worker threads.
-    New commands fail the same way until :func:`resume_transfers`.
-    """
-    _cancelled.set()
-
-
-def resume_transfers() -> None:
-    """Allow commands and uploads again after :func:`cancel_transfers`."""
-    _cancelled.clear()
-
-
-def _check_cancelled() -> None:
-    if _cancelled.is_set():
-        raise TransferCancelled("cancelled")
 
 
 @dataclass
@@ -438,7 +420,7 @@ class Connection:
         check: bool = True,
         sudo: bool | None = None,
         env: Mapping[str, str | Secret] | None = None,
-        stdin: bytes | str | BinaryIO | None = None,
+        stdin: bytes | str | Readable | None = None,
         timeout: float | None = None,
         task: str | None = None,
     ) -> CommandResult:
@@ -457,7 +439,7 @@ class Connection:
         A timeout, an interrupt or :func:`cancel_transfers` ends the command's remote
         processes (see :meth:`_stop_remote`).
         """
-        _check_cancelled()
+        check_cancelled()
         to_log = render(command)[1]
         self.secrets.update(secrets_in(command))
         command, env = _secrets_to_env(command, env)
@@ -477,7 +459,7 @@ class Connection:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
             try:
-                if _send_input(chan, prefix, stdin.encode() if isinstance(stdin, str)
+                if send_input(chan, prefix, stdin.encode() if isinstance(stdin, str)
                                else stdin):
                     chan.shutdown_write()
                 self._collect(chan, started, limit, to_log, out_parts, err_parts)
@@ -578,7 +560,7 @@ class Connection:
         """Read the command's stdout and stderr into ``out`` and ``err`` until its EOF;
         RemoteCommandError when ``limit`` seconds have passed since ``started``."""
         while True:
-            _check_cancelled()
+            check_cancelled()
             while chan.recv_ready():
                 out.append(chan.recv(_READ_SIZE))
             while chan.recv_stderr_ready():
@@ -663,7 +645,7 @@ class Connection:
         """
         payload: bytes | None = None
         if isinstance(data, Path):
-            digest, size = _file_sha256(data)
+            digest, size = file_sha256(data)
         else:
             payload = data.encode() if isinstance(data, str) else data
             digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
@@ -699,11 +681,11 @@ class Connection:
         env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
         if payload is not None:
             self.run(script, sudo=sudo, env=env,
-                     stdin=_ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
+                     stdin=ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
             return True
         assert isinstance(data, Path)
         with data.open("rb") as source:
-            self.run(script, sudo=sudo, env=env, stdin=_ConfirmedReader(source, size, digest))
+            self.run(script, sudo=sudo, env=env, stdin=ConfirmedReader(source, size, digest))
         return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,
@@ -713,62 +695,6 @@ class Connection:
         if local_path is not None:
             Path(local_path).write_bytes(data)
         return data
-
-
-class _ConfirmedReader(io.RawIOBase):
-    """Exactly ``size`` bytes of ``source``, then ``sent <sha256>\\n`` when they hash to
-    ``digest`` (checked while they are read, when ``verify``): the confirmation
-    :meth:`Connection.put`'s remote script waits for before it installs the file. A source
-    that changed size or content raises ConfigError, which stops the upload."""
-
-    def __init__(self, source: BinaryIO, size: int, digest: str, *, verify: bool = True
-                 ) -> None:
-        super().__init__()
-        self._source, self._left, self._digest = source, size, digest
-        self._hash = hashlib.sha256() if verify else None
-        self._trailer: bytes | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left > 0:
-            chunk = self._source.read(min(self._left, n if n > 0 else _CHUNK))
-            if not chunk:
-                raise ConfigError(f"{getattr(self._source, 'name', 'the upload')} changed "
-                                  "while it was sent (shorter than when it was hashed)")
-            self._left -= len(chunk)
-            if self._hash is not None:
-                self._hash.update(chunk)
-            return chunk
-        if self._trailer is None:
-            if self._hash is not None and self._hash.hexdigest() != self._digest:
-                raise ConfigError(f"{getattr(self._source, 'name', 'the upload')} changed "
-                                  "while it was sent (its SHA-256 differs)")
-            self._trailer = f"sent {self._digest}\n".encode()
-            return self._trailer
-        return b""
-
-
-_hash_cache: dict[tuple[str, int, int, int], str] = {}
-_hash_lock = threading.Lock()
-
-
-def _file_sha256(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a local file, read in chunks; computed once per file version
-    (path, inode, size, mtime) and process, for an artifact sent to many hosts."""
-    try:
-        with _hash_lock, path.open("rb") as f:
-            info = os.fstat(f.fileno())
-            key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
-            if key not in _hash_cache:
-                digest = hashlib.sha256()
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-                _hash_cache[key] = digest.hexdigest()
-            return _hash_cache[key], info.st_size
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _session_id(chan: paramiko.Channel, err: list[bytes]) -> int | None:
@@ -797,38 +723,6 @@ def _strip_session_line(err: bytes) -> bytes:
     if err.startswith(_SID_TAG):
         return err.partition(b"\n")[2]
     return err
-
-
-def _pieces(prefix: bytes, body: bytes | BinaryIO | None) -> Iterator[bytes]:
-    """``prefix`` then ``body`` (bytes or a binary file read chunk by chunk) in pieces of
-    :data:`_PIECE` bytes: linear time, memory bounded by :data:`_CHUNK` for a file."""
-    def chunks() -> Iterator[bytes]:
-        yield prefix
-        if isinstance(body, bytes | bytearray | memoryview):
-            yield from (bytes(body[i:i + _CHUNK]) for i in range(0, len(body), _CHUNK))
-        elif body is not None:
-            while chunk := body.read(_CHUNK):
-                yield chunk
-    for chunk in chunks():
-        view = memoryview(chunk)
-        for i in range(0, len(view), _PIECE):
-            yield bytes(view[i:i + _PIECE])
-
-
-def _send_input(chan: paramiko.Channel, prefix: bytes, body: bytes | BinaryIO | None) -> bool:
-    """Send a command's stdin in pieces (checking :func:`cancel_transfers` between them);
-    False when the command exited before reading it all (``cat`` on a full disk, a failed
-    check): not a lost connection, its exit status and stderr say what happened. A channel
-    closed without an exit status is a lost connection (raised)."""
-    try:
-        for piece in _pieces(prefix, body):
-            _check_cancelled()
-            chan.sendall(piece)
-    except OSError:
-        if chan.exit_status_ready():
-            return False
-        raise
-    return True
 
 
 def connect_all(hosts: Sequence[Host], **kwargs: float) -> dict[str, Connection | ConnectError]:
