@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import random
 import re
 import secrets
 import select
@@ -177,6 +178,18 @@ def _secrets_to_env(command: Command, env: Mapping[str, str | Secret] | None
     return " ".join(parts), merged
 
 
+BANNER_RETRIES = 5
+"""Retries of a connection dropped before the SSH banner (see :meth:`Connection.open`)."""
+
+
+class _BannerDropped(Exception):
+    """The host closed the connection before its SSH banner."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _UnknownHostKey(paramiko.SSHException):
     """The server's key is not trusted by known_hosts (see :class:`_RefuseUnknown`)."""
 
@@ -238,11 +251,14 @@ class Connection:
         transport = self._client.get_transport() if self._client else None
         return bool(transport and transport.is_active())
 
-    def open(self) -> Connection:
-        """Connect and authenticate now (normally done on first use)."""
+    def open(self, sock: socket.socket | None = None) -> Connection:
+        """Connect and authenticate now (normally done on first use); ``sock``: a TCP
+        connection to the host already made (what :func:`connect_all` passes)."""
         with self._lock:
             if not self.is_open:
-                self._client = self._connect()
+                self._client = self._connect(sock)
+            elif sock is not None:
+                sock.close()
         return self
 
     def close(self) -> None:
@@ -261,7 +277,13 @@ class Connection:
     def _where(self) -> str:
         return f"{self.host.address}:{self.host.port}"
 
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self, sock: socket.socket | None = None) -> paramiko.SSHClient:
+        """Connect (over ``sock`` when given, already connected to the host) and log in.
+
+        A connection the host drops before its SSH banner (sshd's MaxStartups refusing
+        unauthenticated connections beyond its limit) is retried up to
+        :data:`BANNER_RETRIES` times on a new TCP connection, after a jittered backoff.
+        """
         host = self.host
         try:
             pkey = _load_key(str(host.identity_file)) if host.identity_file else None
@@ -273,20 +295,45 @@ class Connection:
         except OSError as exc:
             raise HostKeyError(f"cannot read known_hosts file {known_hosts}: "
                                f"{exc.strerror or exc}", host=host.name) from None
+        for attempt in range(BANNER_RETRIES + 1):
+            try:
+                return self._handshake(sock or self.tcp_connect(), pkey, known)
+            except _BannerDropped as exc:
+                sock = None
+                if attempt == BANNER_RETRIES:
+                    raise ConnectError(f"SSH with {self._where()} failed: the host closed "
+                                       f"the connection before its SSH banner "
+                                       f"{attempt + 1} times ({exc.reason}; sshd's "
+                                       f"MaxStartups?)", host=host.name) from None
+                delay = min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random())
+                log.debug("%s: dropped before the SSH banner (%s); retry in %.2f s",
+                          host.name, exc.reason, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def tcp_connect(self) -> socket.socket:
+        """A TCP connection to the host's SSH port; ConnectError naming why not."""
+        try:
+            return socket.create_connection((self.host.address, self.host.port),
+                                            timeout=self.connect_timeout)
+        except OSError as exc:
+            raise self.tcp_error(exc) from None
+
+    def tcp_error(self, exc: OSError) -> ConnectError:
+        """The ConnectError for a TCP connect that failed with ``exc``."""
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError | socket.timeout):
+            reason = f"no answer within {self.connect_timeout:g} s"
+        return ConnectError(f"cannot reach {self._where()}: {reason}", host=self.host.name)
+
+    def _handshake(self, sock: socket.socket, pkey: paramiko.PKey | None,
+                   known: KnownHosts) -> paramiko.SSHClient:
+        host = self.host
         name = host_pattern_name(host.address, host.port)
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_RefuseUnknown())
         for key in known.keys_for(name):
             client.get_host_keys().add(name, key.get_name(), key)
-        try:
-            sock = socket.create_connection((host.address, host.port),
-                                            timeout=self.connect_timeout)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            if isinstance(exc, TimeoutError | socket.timeout):
-                reason = f"no answer within {self.connect_timeout:g} s"
-            raise ConnectError(f"cannot reach {self._where()}: {reason}",
-                               host=host.name) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
@@ -316,10 +363,10 @@ class Connection:
                 raise HostKeyError(self._revoked_message(revoked, exc.key),
                                    host=host.name) from None
             raise HostKeyError(
-                f"the host key of {self._where()} CHANGED: known_hosts ({known_hosts}) has "
+                f"the host key of {self._where()} CHANGED: known_hosts ({known.path}) has "
                 f"{_fingerprint(exc.expected_key)}, the host sent {_fingerprint(exc.key)}. "
                 f"This may be an attack. If the host was really reinstalled, remove the old "
-                f"entry with: ssh-keygen -R {self._known_hosts_name()} -f {known_hosts}",
+                f"entry with: ssh-keygen -R {self._known_hosts_name()} -f {known.path}",
                 host=host.name) from None
         except paramiko.AuthenticationException as exc:
             client.close()
@@ -328,10 +375,14 @@ class Connection:
                 host=host.name) from None
         except paramiko.SSHException as exc:
             client.close()
+            if "protocol banner" in str(exc):
+                raise _BannerDropped(str(exc)) from None
             raise ConnectError(f"SSH with {self._where()} failed: {exc}",
                                host=host.name) from None
         except OSError as exc:
             client.close()
+            if isinstance(exc, ConnectionResetError) and client.get_transport() is None:
+                raise _BannerDropped(str(exc)) from None
             raise ConnectError(f"connection to {self._where()} lost: {exc}",
                                host=host.name) from None
         transport = client.get_transport()
@@ -725,16 +776,16 @@ def _strip_session_line(err: bytes) -> bytes:
     return err
 
 
-def connect_all(hosts: Sequence[Host], **kwargs: float) -> dict[str, Connection | ConnectError]:
-    """Open connections to ``hosts`` in parallel; a host that fails maps to its error."""
-    from concurrent.futures import ThreadPoolExecutor
+def connect_all(hosts: Sequence[Host], *, connect_timeout: float = 10.0,
+                handshakes: int = 32, **kwargs: float
+                ) -> dict[str, Connection | ConnectError]:
+    """Open connections to ``hosts``; a host that fails maps to its error (in order).
 
-    def one(host: Host) -> Connection | ConnectError:
-        conn = Connection(host, **kwargs)  # type: ignore[arg-type]
-        try:
-            return conn.open()
-        except ConnectError as exc:
-            return exc
+    See :func:`deploykit.fleetconnect.connect_all`: every TCP connect at once (dead
+    hosts cost one ``connect_timeout`` together), SSH handshakes bounded by
+    ``handshakes``, MaxStartups drops retried.
+    """
+    from deploykit.fleetconnect import connect_all as connect_fleet
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        return dict(zip((h.name for h in hosts), pool.map(one, hosts), strict=True))
+    return connect_fleet(hosts, connect_timeout=connect_timeout, handshakes=handshakes,
+                         **kwargs)
