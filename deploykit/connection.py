@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import random
 import re
 import secrets
@@ -53,6 +54,7 @@ from deploykit.errors import (
 from deploykit.hostkeys import KnownHostEntry, KnownHosts, host_pattern_name, load_known_hosts
 from deploykit.secrets import Secret, redact
 from deploykit.shell import Command, check_no_nul, quote, render, secrets_in
+from deploykit.sshconfig import resolve as resolve_ssh
 from deploykit.transfer import (
     ConfirmedReader,
     Readable,
@@ -237,6 +239,14 @@ class Connection:
             self.secrets.add(host.password)
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._jump: Connection | None = None
+        self.jumps: list[Host] = []
+        """The jump hosts on the way, nearest to the controller first (see sshconfig)."""
+        self._config_error: str | None = None
+        try:
+            self.host, self.jumps = resolve_ssh(host)
+        except ConfigError as exc:
+            self._config_error = exc.message
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -251,7 +261,7 @@ class Connection:
         transport = self._client.get_transport() if self._client else None
         return bool(transport and transport.is_active())
 
-    def open(self, sock: socket.socket | None = None) -> Connection:
+    def open(self, sock: socket.socket | paramiko.Channel | None = None) -> Connection:
         """Connect and authenticate now (normally done on first use); ``sock``: a TCP
         connection to the host already made (what :func:`connect_all` passes)."""
         with self._lock:
@@ -262,11 +272,19 @@ class Connection:
         return self
 
     def close(self) -> None:
-        """Close the connection; safe to call twice."""
+        """Close the connection (and its jump host's); safe to call twice."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            if self._jump is not None:
+                self._jump.close()
+                self._jump = None
+
+    @property
+    def needs_proxy(self) -> bool:
+        """True when the host is reached through a jump host (no direct TCP connect)."""
+        return bool(self.jumps)
 
     def __enter__(self) -> Connection:
         return self.open()
@@ -277,7 +295,8 @@ class Connection:
     def _where(self) -> str:
         return f"{self.host.address}:{self.host.port}"
 
-    def _connect(self, sock: socket.socket | None = None) -> paramiko.SSHClient:
+    def _connect(self, sock: socket.socket | paramiko.Channel | None = None
+                 ) -> paramiko.SSHClient:
         """Connect (over ``sock`` when given, already connected to the host) and log in.
 
         A connection the host drops before its SSH banner (sshd's MaxStartups refusing
@@ -285,6 +304,8 @@ class Connection:
         :data:`BANNER_RETRIES` times on a new TCP connection, after a jittered backoff.
         """
         host = self.host
+        if self._config_error is not None:
+            raise ConnectError(self._config_error, host=host.name)
         try:
             pkey = _load_key(str(host.identity_file)) if host.identity_file else None
         except AuthenticationError as exc:
@@ -311,13 +332,39 @@ class Connection:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def tcp_connect(self) -> socket.socket:
-        """A TCP connection to the host's SSH port; ConnectError naming why not."""
+    def tcp_connect(self) -> socket.socket | paramiko.Channel:
+        """A TCP connection to the host's SSH port (through its jump hosts: a channel of
+        the last one's connection); ConnectError naming why not."""
+        if self.jumps:
+            return self._through_jump()
         try:
             return socket.create_connection((self.host.address, self.host.port),
                                             timeout=self.connect_timeout)
         except OSError as exc:
             raise self.tcp_error(exc) from None
+
+    def _through_jump(self) -> paramiko.Channel:
+        """A ``direct-tcpip`` channel from the last jump host to this host's SSH port."""
+        last = self.jumps[-1]
+        if self._jump is None or not self._jump.is_open:
+            self._jump = Connection(last, connect_timeout=self.connect_timeout,
+                                    keepalive=self.keepalive, dead_after=self.dead_after)
+        try:
+            client = self._jump.open()._client
+        except ConnectError as exc:  # the same kind (a HostKeyError stays one)
+            raise type(exc)(f"cannot reach {self._where()}: its jump host "
+                            f"{last.address}:{last.port} failed: {exc.message}",
+                            host=self.host.name) from None
+        transport = client.get_transport() if client is not None else None
+        try:
+            if transport is None:
+                raise paramiko.SSHException("the jump host's connection is not open")
+            return transport.open_channel("direct-tcpip", (self.host.address, self.host.port),
+                                          ("127.0.0.1", 0), timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"jump host {last.address}:{last.port} cannot reach "
+                               f"{self._where()}: {exc or type(exc).__name__}",
+                               host=self.host.name) from None
 
     def tcp_error(self, exc: OSError) -> ConnectError:
         """The ConnectError for a TCP connect that failed with ``exc``."""
@@ -326,7 +373,7 @@ class Connection:
             reason = f"no answer within {self.connect_timeout:g} s"
         return ConnectError(f"cannot reach {self._where()}: {reason}", host=self.host.name)
 
-    def _handshake(self, sock: socket.socket, pkey: paramiko.PKey | None,
+    def _handshake(self, sock: socket.socket | paramiko.Channel, pkey: paramiko.PKey | None,
                    known: KnownHosts) -> paramiko.SSHClient:
         host = self.host
         name = host_pattern_name(host.address, host.port)
@@ -334,10 +381,11 @@ class Connection:
         client.set_missing_host_key_policy(_RefuseUnknown())
         for key in known.keys_for(name):
             client.get_host_keys().add(name, key.get_name(), key)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                            int(self.dead_after * 1000))
+        if isinstance(sock, socket.socket):  # a jump host's channel: its socket is tuned
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                int(self.dead_after * 1000))
         try:
             client.connect(
                 hostname=host.address,
@@ -349,7 +397,7 @@ class Connection:
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
-                allow_agent=False,
+                allow_agent=host.password is None and bool(os.environ.get("SSH_AUTH_SOCK")),
                 look_for_keys=host.identity_file is None and host.password is None,
             )
         except _UnknownHostKey as exc:

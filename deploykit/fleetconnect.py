@@ -100,7 +100,7 @@ def connect_all(hosts: Sequence[Host], *, connect_timeout: float = 10.0,
     """
     conns = [Connection(h, connect_timeout=connect_timeout, **kwargs)  # type: ignore[arg-type]
              for h in hosts]
-    direct = [c for c in conns if not getattr(c, "needs_proxy", False)]
+    direct = [c for c in conns if not c.needs_proxy]
     sockets = _tcp_all(direct, connect_timeout)
 
     def one(conn: Connection) -> Connection | ConnectError:

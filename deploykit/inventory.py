@@ -43,6 +43,7 @@ Rules:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
@@ -92,6 +93,14 @@ class Host:
     password: Secret | None = None
     vars: Mapping[str, Any] = field(default_factory=dict, hash=False)
     groups: tuple[str, ...] = ()
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """The SSH settings the inventory wrote (they win over ssh_config's)."""
+
+
+def _hop_of(host: Host) -> str:
+    """``user@address:port`` of an inventory host named as another host's ``jump``."""
+    address = f"[{host.address}]" if ":" in host.address else host.address
+    return f"{host.user}@{address}:{host.port}"
 
 
 class Inventory:
@@ -479,6 +488,12 @@ class _Parser:
             hosts[name] = self.build(name, entry, ranked)
             for g in in_groups:
                 members[g].append(name)
+        for name, host in hosts.items():
+            jump = host.vars.get("jump")
+            if isinstance(jump, str) and any(p.strip() in hosts for p in jump.split(",")):
+                chain = ",".join(_hop_of(hosts[p.strip()]) if p.strip() in hosts else p
+                                 for p in jump.split(","))
+                hosts[name] = dataclasses.replace(host, vars={**host.vars, "jump": chain})
         return hosts, {name: tuple(m) for name, m in members.items()}
 
     def check_cycles(self) -> None:
@@ -532,6 +547,7 @@ class _Parser:
             password=s.get("password"),
             vars=copy.deepcopy(values),
             groups=tuple(sorted(set(ranked) - {"all"}, key=lambda g: self.groups[g].order)),
+            explicit=frozenset(s),
         )
 
     def check_port_var(self, host: str, key: str, value: Any, loc: _Loc | None) -> Any:
