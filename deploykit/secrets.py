@@ -186,6 +186,19 @@ def fragment_floor(length: int) -> int:
     return TEXT_STRIDE * _secret_stride(length) + WINDOW - 1
 
 
+_URL_ORIGIN = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s]*/?)")
+
+
+def _public_prefix(value: str) -> int:
+    """Length of the part of ``value`` that is not secret on its own: the scheme, host and
+    port of a URL without user info (``https://hooks.example.com/``; what
+    ``display_url`` shows). Its fragments are not masked; user info, path and query are."""
+    match = _URL_ORIGIN.match(value)
+    if not match:
+        return 0
+    return match.end(1) if "@" in match.group(2) else match.end()
+
+
 def _match_length(a: str, i: int, b: str, j: int, limit: int, step: int) -> int:
     """How many characters ``a`` and ``b`` share going from ``i`` and ``j`` in direction
     ``step`` (+1 forwards from i/j, -1 backwards from i-1/j-1), at most ``limit``;
@@ -208,7 +221,8 @@ def _match_length(a: str, i: int, b: str, j: int, limit: int, step: int) -> int:
 class SecretMatcher:
     """Finds secrets and their fragments in text; built once per set of secret values.
 
-    Whole values are replaced first (``str.replace``, longest first). Fragments: the
+    Whole values are replaced first (``str.replace``, longest first). Fragments (not
+    of a URL's scheme, host and port, which :func:`_public_prefix` leaves shown): the
     secrets' pieces of :data:`WINDOW` characters are indexed once (every one, or every
     ``b``-th of a secret longer than :data:`MAX_WINDOWS_PER_SECRET`), then every
     :data:`TEXT_STRIDE`-th position of a text is looked up, and a hit is extended both
@@ -221,7 +235,7 @@ class SecretMatcher:
         self._index: dict[str, tuple[int, int]] = {}
         for k, value in enumerate(self.values):
             stride = _secret_stride(len(value))
-            for j in range(0, len(value) - WINDOW + 1, stride):
+            for j in range(_public_prefix(value), len(value) - WINDOW + 1, stride):
                 self._index.setdefault(value[j:j + WINDOW], (k, j))
 
     def indexed_windows(self) -> int:
@@ -247,7 +261,8 @@ class SecretMatcher:
                 continue
             value = self.values[hit[0]]
             j = hit[1]
-            back = _match_length(text, t, value, j, min(t - covered, j), -1)
+            back = _match_length(text, t, value, j,
+                                 min(t - covered, j - _public_prefix(value)), -1)
             ahead = _match_length(text, t, value, j, min(len(text) - t, len(value) - j), 1)
             start, end = t - back, t + max(ahead, WINDOW)
             if spans and start <= spans[-1][1]:
@@ -261,6 +276,10 @@ class SecretMatcher:
             return text
         parts, at = [], 0
         for start, end in spans:
+            while start < end and text[start].isspace():  # the words around stay apart
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
             parts += [text[at:start], REDACTED]
             at = end
         parts.append(text[at:])

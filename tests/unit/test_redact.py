@@ -72,3 +72,12 @@ def test_the_matcher_of_a_secret_set_is_built_once() -> None:
     value = random.token_hex(500)
     first = secrets_module.matcher_for([value])
     assert secrets_module.matcher_for([value]) is first
+
+
+def test_a_secret_urls_origin_stays_readable_its_path_and_user_info_do_not() -> None:
+    url = "https://hooks.example.com/services/T0AAAA/B0BBBB/xyzSECRETxyz123"
+    out = redact("cannot reach https://hooks.example.com/services/T0AAAA/B0BBBB: refused",
+                 [Secret(url)])
+    assert out == f"cannot reach https://hooks.example.com/{REDACTED}: refused"
+    dsn = "postgresql://app:hunter2hunter2@db.internal:5432/shop"
+    assert "hunter2" not in redact("dsn postgresql://app:hunter2hunter2@db", [Secret(dsn)])
