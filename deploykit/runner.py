@@ -9,7 +9,16 @@
   at the end of each batch on the hosts that notified them and did not fail
   (``force_handlers`` runs them on failed hosts too).
 * A failing host stops its own steps; the others go on unless more than
-  ``max_fail_percentage`` of the batch failed, which aborts the run.
+  ``max_fail_percentage`` of the hosts *of its batch* failed (each batch is
+  judged alone, as Ansible does: with ``serial=2, max_fail_percentage=50`` one
+  failure per batch never aborts), or more than ``max_fail_total`` hosts failed
+  in the whole run (an optional run-wide budget). Either aborts the run: the
+  batch's other hosts stop before their next step and later batches do not
+  start. A failing handler fails its host like a failing step (counted, undone).
+* Any exception fails only its host: a :class:`~deploykit.errors.DeployError`
+  with its message, anything else (a bug, a library's error) with its traceback
+  in the report, like Ansible's MODULE FAILURE; the undo runs either way, and an
+  undo action that raises does not stop the others.
 * ``retries``/``until``/``delay`` per step; ``when`` skips a step by a host-vars
   condition (a Jinja2 expression such as ``"app_port > 8000"``, or a callable).
 * Undo: tasks push undo actions as they change things. On failure the runner
@@ -39,7 +48,7 @@ from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.secrets import Secret
-from deploykit.task import Facts, Task, UndoStack
+from deploykit.task import Facts, Task, UndoStack, failed_unexpectedly
 
 Condition = str | Callable[[Mapping[str, Any]], bool]
 UndoScope = Literal["host", "fleet", "none"]
@@ -79,6 +88,7 @@ class _HostRun:
     undo: UndoStack = field(default_factory=UndoStack)
     notified: set[str] = field(default_factory=set)
     failed: bool = False
+    batch: int = 0
 
 
 def evaluate(condition: Condition, host: Host) -> bool:
@@ -119,6 +129,7 @@ class Runner:
         forks: int = 10,
         serial: int | str | None = None,
         max_fail_percentage: float | None = None,
+        max_fail_total: int | None = None,
         force_handlers: bool = False,
         undo: UndoScope = "host",
         check: bool = False,
@@ -140,7 +151,18 @@ class Runner:
             raise ConfigError(f"undo must be 'host', 'fleet' or 'none', not {undo!r}")
         self.forks = forks
         self.serial = serial
+        if max_fail_percentage is not None and not 0 <= max_fail_percentage <= 100:
+            raise ConfigError(f"max_fail_percentage must be from 0 to 100, "
+                              f"not {max_fail_percentage!r}")
+        if max_fail_total is not None and (isinstance(max_fail_total, bool)
+                                           or not isinstance(max_fail_total, int)
+                                           or max_fail_total < 0):
+            raise ConfigError(f"max_fail_total must be a count of hosts (0 or more), "
+                              f"not {max_fail_total!r}")
         self.max_fail_percentage = max_fail_percentage
+        """Abort when more than this percentage of one batch's hosts failed."""
+        self.max_fail_total = max_fail_total
+        """Abort when more than this many hosts failed over the whole run."""
         self.force_handlers = force_handlers
         self.undo_scope = undo
         self.check = check
@@ -149,6 +171,9 @@ class Runner:
         self.connect_timeout = connect_timeout
         self._aborted = threading.Event()
         self._abort_reason = ""
+        self._failures_lock = threading.Lock()
+        self._failed_per_batch: dict[int, int] = {}
+        self._batch_sizes: dict[int, int] = {}
         self._given: dict[str, Connection] = {}
         self.logs: dict[str, list[LoggedCommand]] = {}
         """After :meth:`run`: every command sent, per host (secrets redacted)."""
@@ -172,17 +197,19 @@ class Runner:
                                   self.check)
         runs: dict[str, _HostRun] = {}
         try:
-            for batch in groups:
+            for number, batch in enumerate(groups, start=1):
                 if self._aborted.is_set():
                     for host in batch:
                         report.add(Result(host.name, "(run)", Status.SKIPPED,
                                           message=f"not started: {self._abort_reason}"))
                     continue
-                batch_runs = [_HostRun(h) for h in batch]
+                batch_runs = [_HostRun(h, batch=number) for h in batch]
+                self._batch_sizes[number] = len(batch)
                 runs.update((r.host.name, r) for r in batch_runs)
-                self._in_pool(batch_runs, functools.partial(self._run_host, report=report,
-                                                            batch_size=len(batch)))
-                self._in_pool(batch_runs, lambda r: self._flush_handlers(r, report))
+                self._in_pool(batch_runs, functools.partial(self._guarded, self._run_host,
+                                                            report=report))
+                self._in_pool(batch_runs, functools.partial(self._guarded, self._flush_handlers,
+                                                            report=report))
             if self.undo_scope == "fleet" and any(r.failed for r in runs.values()):
                 self._in_pool(list(runs.values()), lambda r: self._unwind(r, report))
         finally:
@@ -206,22 +233,26 @@ class Runner:
         with ThreadPoolExecutor(max_workers=min(self.forks, len(runs))) as pool:
             list(pool.map(work, runs))
 
-    def _fail_threshold_crossed(self, failed: int, batch_size: int) -> bool:
-        if self.max_fail_percentage is None:
-            return False
-        return failed * 100 / batch_size > self.max_fail_percentage
+    def _guarded(self, work: Callable[[_HostRun, RunReport], None], run: _HostRun,
+                 report: RunReport) -> None:
+        """Run ``work`` for one host; an exception it lets out (a bug in a condition, a
+        reporter or the runner) fails that host instead of ending the whole run."""
+        try:
+            work(run, report)
+        except Exception as exc:
+            result = failed_unexpectedly(Result(run.host.name, "(run)", Status.FAILED), exc)
+            self._finish_step(run, report, result)
 
-    def _run_host(self, run: _HostRun, report: RunReport, batch_size: int) -> None:
+    def _run_host(self, run: _HostRun, report: RunReport) -> None:
         host = run.host
         conn = self._given.get(host.name) or Connection(host,
                                                         connect_timeout=self.connect_timeout)
         try:
             conn.open()
         except ConnectError as exc:
-            run.failed = True
             report.mark_unreachable(host.name, str(exc))
             self.reporter.host_failed(host.name, str(exc))
-            self._note_failure(report, batch_size)
+            self._host_failed(run)
             return
         run.conn = conn
         todo: list[tuple[int, Step]] = []
@@ -234,7 +265,7 @@ class Runner:
                                       message=f"condition is false: {st.when}"))
             except ConfigError as exc:
                 self._finish_step(run, report, Result(host.name, st.label, Status.FAILED,
-                                                      message=exc.message), batch_size)
+                                                      message=exc.message))
                 return
         prefetched = prefetch(conn, [st.task for _, st in todo])
         for position, (_, st) in enumerate(todo):
@@ -248,46 +279,78 @@ class Runner:
                 prefetched.clear()  # the host changed: later steps probe afresh
             if result.changed:
                 run.notified.update(st.notify)
-            if not self._finish_step(run, report, result, batch_size, st.ignore_errors):
+            if not self._finish_step(run, report, result, st.ignore_errors):
                 return
 
-    def _finish_step(self, run: _HostRun, report: RunReport, result: Result, batch_size: int,
+    def _finish_step(self, run: _HostRun, report: RunReport, result: Result,
                      ignore_errors: bool = False) -> bool:
         """Record a step's result; on failure stop the host (and maybe the run)."""
         report.add(result)
         self.reporter.step_finished(result)
         if not result.failed or ignore_errors:
             return True
-        run.failed = True
-        self._note_failure(report, batch_size)
+        self._host_failed(run)
         if self.undo_scope == "host":
             self._unwind(run, report)
         return False
 
-    def _note_failure(self, report: RunReport, batch_size: int) -> None:
-        failed = sum(1 for h in report.hosts.values() if h.failed)
-        if self._fail_threshold_crossed(failed, batch_size) and not self._aborted.is_set():
-            self._abort_reason = (f"{failed} of {batch_size} hosts failed, more than "
-                                  f"max_fail_percentage={self.max_fail_percentage:g}%")
-            self._aborted.set()
+    def _host_failed(self, run: _HostRun) -> None:
+        """Count a host's first failure against its batch and the run; abort the run
+        when ``max_fail_percentage`` (of the batch) or ``max_fail_total`` is exceeded."""
+        with self._failures_lock:
+            if run.failed:
+                return
+            run.failed = True
+            in_batch = self._failed_per_batch[run.batch] = \
+                self._failed_per_batch.get(run.batch, 0) + 1
+            total = sum(self._failed_per_batch.values())
+            size = self._batch_sizes.get(run.batch, 1)
+            reason = ""
+            if self.max_fail_percentage is not None \
+                    and in_batch * 100 / size > self.max_fail_percentage:
+                reason = (f"{in_batch} of {size} hosts of batch {run.batch} failed, more than "
+                          f"max_fail_percentage={self.max_fail_percentage:g}%")
+            elif self.max_fail_total is not None and total > self.max_fail_total:
+                reason = f"{total} hosts failed, more than max_fail_total={self.max_fail_total}"
+            if reason and not self._aborted.is_set():
+                self._abort_reason = reason
+                self._aborted.set()
 
     def _attempt(self, st: Step, run: _HostRun, facts: Facts | None) -> Result:
-        """Run a step with its retries/until policy."""
+        """Run a step with its retries/until policy; never raises."""
         assert run.conn is not None
         attempts = st.retries + 1
-        result = st.task.run(run.conn, check=self.check, facts=facts, undo=run.undo)
-        for attempt in range(2, attempts + 1):
-            if self._satisfied(st, result):
-                break
-            time.sleep(st.delay)
-            result = st.task.run(run.conn, check=self.check, undo=run.undo)
-            result.data["attempts"] = attempt
-        if st.until is not None and not result.failed and not st.until(result):
-            result.status = Status.FAILED
-            result.message = f"until condition not met after {attempts} attempt(s)"
+        result = self._run_task(st.task, run, facts)
+        try:
+            for attempt in range(2, attempts + 1):
+                if self._satisfied(st, result):
+                    break
+                time.sleep(st.delay)
+                result = self._run_task(st.task, run, None)
+                result.data["attempts"] = attempt
+            if st.until is not None and not result.failed and not st.until(result):
+                result.status = Status.FAILED
+                result.message = f"until condition not met after {attempts} attempt(s)"
+        except Exception as exc:  # a bug in an until= callable
+            result = failed_unexpectedly(result, exc)
         if st.name:
             result.task = st.name
         return result
+
+    def _run_task(self, task: Task, run: _HostRun, facts: Facts | None) -> Result:
+        """``task.run`` on the host's connection; an exception a task's own ``run`` lets
+        out becomes a failed result with its traceback."""
+        assert run.conn is not None
+        started = time.monotonic()
+        try:
+            return task.run(run.conn, check=self.check, facts=facts, undo=run.undo)
+        except DeployError as exc:
+            return Result(run.host.name, task.name, Status.FAILED, message=exc.message,
+                          duration=time.monotonic() - started, check=self.check)
+        except Exception as exc:
+            return failed_unexpectedly(Result(run.host.name, task.name, Status.FAILED,
+                                              duration=time.monotonic() - started,
+                                              check=self.check), exc)
 
     @staticmethod
     def _satisfied(st: Step, result: Result) -> bool:
@@ -296,6 +359,8 @@ class Runner:
         return st.until(result) if st.until is not None else True
 
     def _flush_handlers(self, run: _HostRun, report: RunReport) -> None:
+        """Run the notified handlers on one host; a failing handler fails the host like a
+        step (it counts against ``max_fail_*`` and unwinds the host's undo stack)."""
         if run.conn is None or not run.notified or (run.failed and not self.force_handlers):
             return
         for name, tasks in self.handlers.items():
@@ -303,12 +368,9 @@ class Runner:
                 continue
             for task in tasks:
                 self.reporter.step_started(run.host.name, f"handler: {name}")
-                result = task.run(run.conn, check=self.check, undo=run.undo)
+                result = self._run_task(task, run, None)
                 result.task = f"handler: {name}"
-                report.add(result)
-                self.reporter.step_finished(result)
-                if result.failed:
-                    run.failed = True
+                if not self._finish_step(run, report, result):
                     return
         run.notified.clear()
 

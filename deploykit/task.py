@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from deploykit.connection import Connection
-from deploykit.errors import DeployError
+from deploykit.errors import DeployError, unexpected
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret
 
@@ -111,6 +111,8 @@ class UndoStack:
                 undone.append(action.description)
             except DeployError as exc:
                 failed.append(f"{action.description}: {exc.message}")
+            except Exception as exc:  # an undo's bug must not stop the other undos
+                failed.append(f"{action.description}: {unexpected(exc)[0]}")
         return undone, failed
 
 
@@ -178,7 +180,9 @@ class Task(ABC):
         """Probe (unless ``facts`` are given), plan, and apply unless ``check``.
 
         Never raises for a failure on the host: a :class:`DeployError` becomes a
-        ``failed`` Result naming the reason.
+        ``failed`` Result naming the reason, and any other exception (a bug, a
+        library's error) a ``failed`` Result with the traceback (also in
+        ``data["traceback"]``), so that the runner still undoes what was changed.
         """
         started = time.monotonic()
         conn.secrets.update(self.secrets)
@@ -202,6 +206,18 @@ class Task(ABC):
             return result(Status.CHANGED, plan.render())
         except DeployError as exc:
             return result(Status.FAILED, message=exc.message)
+        except Exception as exc:
+            return failed_unexpectedly(result(Status.FAILED), exc)
+
+
+def failed_unexpectedly(result: Result, exc: Exception) -> Result:
+    """Turn ``result`` into the failure an unexpected exception causes: message and
+    traceback (also in ``data["traceback"]``)."""
+    message, trace = unexpected(exc)
+    result.status = Status.FAILED
+    result.message = message
+    result.data["traceback"] = trace
+    return result
 
 
 class Observation(Task):
