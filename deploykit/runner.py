@@ -2,9 +2,12 @@
 
 * Hosts run in parallel in a bounded pool (``forks``, default 10), one SSH
   connection each, opened in parallel; the steps of one host run in order.
-* Before its first step, a host's probes are batched into **one** round trip;
-  the facts stay valid until a step changes something, after which every
-  later step probes for itself (facts are never trusted after a change).
+* Before its first step, a host's probes are batched into **one** round trip
+  (file facts answered by one python3 process on the host, not a process per
+  path). A change makes stale the facts of what it touched: a task that says
+  which paths it touches (:meth:`Task.touches`) leaves the facts of other paths
+  in place (unless a path goes through a symlink); any other change drops every
+  fact read ahead, and later steps probe for themselves.
 * ``serial`` splits the hosts into batches (a count or ``"30%"``); handlers run
   at the end of each batch on the hosts that notified them and did not fail
   (``force_handlers`` runs them on failed hosts too).
@@ -40,10 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
-
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import ConfigError, ConnectError, DeployError
+from deploykit.facts import FactRequest, python_probe, request_script
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
@@ -52,7 +54,14 @@ from deploykit.task import Facts, Task, UndoStack, failed_unexpectedly
 
 Condition = str | Callable[[Mapping[str, Any]], bool]
 UndoScope = Literal["host", "fleet", "none"]
-_jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@functools.cache
+def _jinja() -> Any:
+    """The Jinja2 environment for ``when`` expressions (Jinja2 is imported on first use)."""
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 @dataclass
@@ -96,8 +105,10 @@ def evaluate(condition: Condition, host: Host) -> bool:
     context = {**host.vars, "inventory_hostname": host.name, "group_names": list(host.groups)}
     if callable(condition):
         return bool(condition(context))
+    import jinja2
+
     try:
-        return bool(_jinja.compile_expression(condition)(**context))
+        return bool(_jinja().compile_expression(condition)(**context))
     except jinja2.TemplateError as exc:
         raise ConfigError(f"condition {condition!r}: {exc}", host=host.name) from None
 
@@ -267,16 +278,17 @@ class Runner:
                 self._finish_step(run, report, Result(host.name, st.label, Status.FAILED,
                                                       message=exc.message))
                 return
-        prefetched = prefetch(conn, [st.task for _, st in todo])
+        tasks = [st.task for _, st in todo]
+        prefetched = read_ahead(conn, tasks)
         for position, (_, st) in enumerate(todo):
             if self._aborted.is_set():
                 report.add(Result(host.name, st.label, Status.SKIPPED,
                                   message=f"not run: {self._abort_reason}"))
                 continue
             self.reporter.step_started(host.name, st.label)
-            result = self._attempt(st, run, prefetched.get(position))
+            result = self._attempt(st, run, prefetched.facts.pop(position, None))
             if result.changed and not self.check:
-                prefetched.clear()  # the host changed: later steps probe afresh
+                prefetched.after_change(tasks, position)  # never trust a stale fact
             if result.changed:
                 run.notified.update(st.notify)
             if not self._finish_step(run, report, result, st.ignore_errors):
@@ -383,31 +395,78 @@ class Runner:
         entry.undo_failed.extend(failed)
 
 
-def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
-    """Probe many tasks in one round trip; returns facts by task position.
+@dataclass
+class Prefetched:
+    """Facts read ahead for a host's steps, by step position, and which of them stay
+    valid across a change to another path (``canonical``: read by the one-process
+    probe, none of their paths going through a symlink)."""
 
-    Each probe runs in its own subshell between marker lines. A task whose
-    section cannot be parsed is left out and probes for itself later.
+    facts: dict[int, Facts] = field(default_factory=dict)
+    canonical: set[int] = field(default_factory=set)
+
+    def after_change(self, tasks: Sequence[Task], position: int) -> None:
+        """Forget what the change made by ``tasks[position]`` may have made stale: the
+        facts of every path it touches, and everything when its reach is unknown."""
+        touched = tasks[position].touches()
+        if touched is None or position not in self.canonical:
+            self.facts.clear()
+            return
+        hit = set(touched)
+        for index in list(self.facts):
+            requests = tasks[index].probe_requests()
+            if index not in self.canonical or requests is None \
+                    or any(r.path in hit for r in requests):
+                del self.facts[index]
+
+
+def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
+    """Probe many tasks in one round trip; returns facts by task position."""
+    return read_ahead(conn, tasks).facts
+
+
+def read_ahead(conn: Connection, tasks: Sequence[Task]) -> Prefetched:
+    """Probe many tasks in one round trip (see :class:`Prefetched`).
+
+    Tasks whose probe is file-fact requests are answered by one python3 process on
+    the host (their shell snippets when the host has no python3); the others' probes
+    each run in their own subshell. Every probe's output sits between marker lines.
+    A task whose section cannot be parsed is left out and probes for itself later.
     """
     marker = f"__deploykit_{_random.token_hex(8)}__"
-    parts = []
+    requested: list[tuple[int, Sequence[FactRequest]]] = []
+    shell_parts: list[str] = []
     for i, task in enumerate(tasks):
+        requests = task.probe_requests()
+        if requests:
+            requested.append((i, requests))
+            continue
         if task.probe_script().strip() in ("", ":"):
             continue  # probes elsewhere (SQL, Redis, HTTP): nothing to batch
-        parts.append(f"printf '%s\\n' '{marker} {i}'\n( {task.probe_script()}\n)\nprintf '\\n'")
-    if not parts:
-        return {}
+        shell_parts.append(_section(marker, i, task.probe_script()))
+    script = "\n".join(shell_parts)
+    if requested:
+        fallback = "\n".join(_section(marker, i, request_script(r)) for i, r in requested)
+        script = (f"if command -v python3 >/dev/null 2>&1; then "
+                  f"{python_probe(marker, requested)}\nelse\n{fallback}\nfi\n{script}")
+    if not script:
+        return Prefetched()
     try:
-        out = conn.run("\n".join(parts), write=False, check=False).stdout
+        out = conn.run(script, write=False, check=False).stdout
     except DeployError:
-        return {}
-    facts: dict[int, Facts] = {}
-    sections = out.split(f"{marker} ")
-    for section in sections[1:]:
+        return Prefetched()
+    found = Prefetched()
+    for section in out.split(f"{marker} ")[1:]:
         index_text, _, body = section.partition("\n")
+        if index_text == "canonical":
+            found.canonical = {int(x) for x in body.split() if x.isdigit()}
+            continue
         try:
             index = int(index_text)
-            facts[index] = tasks[index].parse(body[:-1] if body.endswith("\n") else body)
+            found.facts[index] = tasks[index].parse(body[:-1] if body.endswith("\n") else body)
         except (ValueError, IndexError, KeyError, DeployError):
             continue
-    return facts
+    return found
+
+
+def _section(marker: str, index: int, probe: str) -> str:
+    return f"printf '%s\\n' '{marker} {index}'\n( {probe}\n)\nprintf '\\n'"
