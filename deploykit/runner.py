@@ -46,6 +46,7 @@ from typing import Any, Literal
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import ConfigError, ConnectError, DeployError
 from deploykit.facts import FactRequest, python_probe, request_script
+from deploykit.hostargs import host_context, jinja_environment
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
@@ -54,14 +55,6 @@ from deploykit.task import Facts, Task, UndoStack, failed_unexpectedly
 
 Condition = str | Callable[[Mapping[str, Any]], bool]
 UndoScope = Literal["host", "fleet", "none"]
-
-
-@functools.cache
-def _jinja() -> Any:
-    """The Jinja2 environment for ``when`` expressions (Jinja2 is imported on first use)."""
-    import jinja2
-
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 @dataclass
@@ -102,13 +95,13 @@ class _HostRun:
 
 def evaluate(condition: Condition, host: Host) -> bool:
     """Evaluate a ``when`` condition against a host's vars (plus ``inventory_hostname``)."""
-    context = {**host.vars, "inventory_hostname": host.name, "group_names": list(host.groups)}
+    context = host_context(host)
     if callable(condition):
         return bool(condition(context))
     import jinja2
 
     try:
-        return bool(_jinja().compile_expression(condition)(**context))
+        return bool(jinja_environment().compile_expression(condition)(**context))
     except jinja2.TemplateError as exc:
         raise ConfigError(f"condition {condition!r}: {exc}", host=host.name) from None
 
@@ -266,11 +259,11 @@ class Runner:
             self._host_failed(run)
             return
         run.conn = conn
-        todo: list[tuple[int, Step]] = []
-        for index, st in enumerate(self.steps):
+        todo: list[tuple[Step, Task]] = []
+        for st in self.steps:
             try:
                 if st.when is None or evaluate(st.when, host):
-                    todo.append((index, st))
+                    todo.append((st, self._for_host(st.task, host, report)))
                 else:
                     report.add(Result(host.name, st.label, Status.SKIPPED,
                                       message=f"condition is false: {st.when}"))
@@ -278,15 +271,15 @@ class Runner:
                 self._finish_step(run, report, Result(host.name, st.label, Status.FAILED,
                                                       message=exc.message))
                 return
-        tasks = [st.task for _, st in todo]
+        tasks = [task for _, task in todo]
         prefetched = read_ahead(conn, tasks)
-        for position, (_, st) in enumerate(todo):
+        for position, (st, task) in enumerate(todo):
             if self._aborted.is_set():
                 report.add(Result(host.name, st.label, Status.SKIPPED,
                                   message=f"not run: {self._abort_reason}"))
                 continue
             self.reporter.step_started(host.name, st.label)
-            result = self._attempt(st, run, prefetched.facts.pop(position, None))
+            result = self._attempt(st, task, run, prefetched.facts.pop(position, None))
             if result.changed and not self.check:
                 prefetched.after_change(tasks, position)  # never trust a stale fact
             if result.changed:
@@ -328,17 +321,27 @@ class Runner:
                 self._abort_reason = reason
                 self._aborted.set()
 
-    def _attempt(self, st: Step, run: _HostRun, facts: Facts | None) -> Result:
-        """Run a step with its retries/until policy; never raises."""
+    @staticmethod
+    def _for_host(task: Task, host: Host, report: RunReport) -> Task:
+        """The task as it runs on ``host`` (per-host arguments resolved); its secrets
+        join the run's, to be redacted everywhere."""
+        built = task.for_host(host)
+        if built is not task:
+            report.secrets.extend(s for s in built.secrets if s not in report.secrets)
+        return built
+
+    def _attempt(self, st: Step, task: Task, run: _HostRun, facts: Facts | None) -> Result:
+        """Run a step's task (built for the host) with its retries/until policy;
+        never raises."""
         assert run.conn is not None
         attempts = st.retries + 1
-        result = self._run_task(st.task, run, facts)
+        result = self._run_task(task, run, facts)
         try:
             for attempt in range(2, attempts + 1):
                 if self._satisfied(st, result):
                     break
                 time.sleep(st.delay)
-                result = self._run_task(st.task, run, None)
+                result = self._run_task(task, run, None)
                 result.data["attempts"] = attempt
             if st.until is not None and not result.failed and not st.until(result):
                 result.status = Status.FAILED
@@ -380,7 +383,14 @@ class Runner:
                 continue
             for task in tasks:
                 self.reporter.step_started(run.host.name, f"handler: {name}")
-                result = self._run_task(task, run, None)
+                try:
+                    built = self._for_host(task, run.host, report)
+                except ConfigError as exc:
+                    failed = Result(run.host.name, f"handler: {name}", Status.FAILED,
+                                    message=exc.message)
+                    self._finish_step(run, report, failed)
+                    return
+                result = self._run_task(built, run, None)
                 result.task = f"handler: {name}"
                 if not self._finish_step(run, report, result):
                     return

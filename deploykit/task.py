@@ -29,13 +29,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from deploykit.connection import CommandResult, Connection
 from deploykit.errors import DeployError, unexpected
 from deploykit.facts import FactRequest
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret
+
+if TYPE_CHECKING:
+    from deploykit.inventory import Host
 
 Facts = dict[str, Any]
 
@@ -156,6 +159,11 @@ class Task(ABC):
     @abstractmethod
     def parse(self, output: str) -> Facts:
         """Turn the probe snippet's stdout into facts."""
+
+    def for_host(self, host: Host) -> Task:
+        """This task as it runs on ``host``: itself, unless its arguments differ per
+        host (:func:`deploykit.hostargs.per_host`)."""
+        return self
 
     def probe_requests(self) -> Sequence[FactRequest] | None:
         """The probe as file-fact requests, when it is only that (its
