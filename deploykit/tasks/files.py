@@ -322,35 +322,12 @@ class _ContentTask(_PathTask):
             undo.push(f"remove {self.path}",
                       _undo_command(f"rm -f -- {quote(self.path)}", self.name))
         desired = self.desired(conn, facts)
-        self.upload(conn, facts, desired.data,
-                    owner=self.owner or (str(current.uid) if current.exists else None),
-                    group=self.group or (str(current.gid) if current.exists else None))
-
-    def upload(self, conn: Connection, facts: Facts, data: bytes, *, owner: str | None,
-               group: str | None) -> None:
-        """Write ``data`` as :meth:`Connection.put` does (a temporary file beside the
-        target, its SHA-256 checked on the host, mode and owner set, one atomic ``mv``)
-        and re-probe in the same round trip. The bytes travel on stdin and the checksum
-        in the environment, never in the command line."""
-        dest = quote(self.path)
-        chmod = (f'chmod {self.mode:o} "$tmp"' if self.mode is not None else
-                 f'if [ -e {dest} ]; then chmod --reference={dest} "$tmp"; '
-                 f'else chmod 644 "$tmp"; fi')
-        spec = (owner or "") + (f":{group}" if group else "")
-        steps = [
-            "set -e",
-            f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
-            "trap 'rm -f \"$tmp\"' EXIT",
-            'cat > "$tmp"',
-            '[ "$(sha256sum < "$tmp" | cut -c1-64)" = "$DK_SHA256" ] || '
-            '{ echo "checksum mismatch after upload" >&2; exit 3; }',
-            chmod,
-            *([f'chown {quote(spec)} "$tmp"'] if spec else []),
-            f'mv -f -- "$tmp" {dest}',
-            "trap - EXIT",
-        ]
-        self.run_then_probe(conn, "\n".join(steps), facts, stdin=data,
-                            env={"DK_SHA256": hashlib.sha256(data).hexdigest()})
+        # The upload and the re-probe are two round trips until Connection.put can run
+        # a script after the atomic mv (asked of connection.py's owner).
+        conn.put(desired.data, self.path, mode=self.mode,
+                 owner=self.owner or (str(current.uid) if current.exists else None),
+                 group=self.group or (str(current.gid) if current.exists else None),
+                 skip_identical=False)
 
 
 class FileTask(_ContentTask):

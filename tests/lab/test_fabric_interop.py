@@ -49,7 +49,8 @@ def test_the_fabfile_runs_a_deploykit_task_on_a_fabric_connection_and_group(
     first = fab.motd(one, "/srv/motd")  # /srv is the lab host's own (/etc is shared)
     assert [r.status.value for r in first.hosts[clean_lab.address("web-1")].results] == [
         "changed"]
-    assert fab.motd(one, "/srv/motd").hosts[clean_lab.address("web-1")].results[0].status.value == "ok"
+    again = fab.motd(one, "/srv/motd")
+    assert again.hosts[clean_lab.address("web-1")].results[0].status.value == "ok"
     assert one.is_connected  # deploykit leaves the caller's connection open
     assert one.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     assert lab_connection("web-1").run("cat /srv/motd").stdout == "managed by deploykit\n"
@@ -80,16 +81,25 @@ def test_fleet_undo_and_one_recap_over_a_fabric_group(
         assert report.hosts[clean_lab.address(name)].undone
 
 
-def test_an_unknown_host_key_is_refused_before_logging_in(
-    clean_lab: Lab, tmp_path: Path
-) -> None:
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
+def _assert_refused(fc: fabric.Connection, known_hosts: Path, reason: str) -> None:
+    """Opening raises HostKeyError; a task run on it fails saying why."""
+    with pytest.raises(HostKeyError, match=reason):
+        from_fabric(fc, known_hosts=known_hosts).open()
+    refused = files.directory("/srv/never").run(from_fabric(fc, known_hosts=known_hosts))
+    assert refused.failed and reason in refused.message
+
+
+@pytest.fixture
+def empty(tmp_path: Path) -> Path:
+    """A known_hosts file that trusts nobody."""
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+    return path
+
+
+def test_an_unknown_host_key_is_refused_before_logging_in(clean_lab: Lab, empty: Path) -> None:
     fc = _fabric(clean_lab, "web-1")
-    with pytest.raises(HostKeyError, match="is unknown"):
-        from_fabric(fc, known_hosts=empty).open()
-    refused = files.directory("/srv/never").run(from_fabric(fc, known_hosts=empty))
-    assert refused.failed and "deploykit never trusts a key on its own" in refused.message
+    _assert_refused(fc, empty, "deploykit never trusts a key on its own")
     assert not fc.is_connected
     report = run_on_fabric(files.directory("/srv/never"), _fabric(clean_lab, "web-1"),
                            known_hosts=empty)
@@ -98,16 +108,11 @@ def test_an_unknown_host_key_is_refused_before_logging_in(
 
 
 def test_an_open_fabric_connection_that_auto_added_the_key_is_refused(
-    clean_lab: Lab, tmp_path: Path
+    clean_lab: Lab, empty: Path
 ) -> None:
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
     fc = _fabric(clean_lab, "web-1")
     fc.open()  # fabric's default AutoAddPolicy: any key accepted
-    with pytest.raises(HostKeyError, match="AutoAddPolicy"):
-        from_fabric(fc, known_hosts=empty).open()
-    refused = files.directory("/srv/never").run(from_fabric(fc, known_hosts=empty))
-    assert refused.failed and "AutoAddPolicy" in refused.message
+    _assert_refused(fc, empty, "AutoAddPolicy")
     # the same open connection is fine once its key is the one known_hosts holds
     result = files.directory("/srv/known").run(
         from_fabric(fc, known_hosts=clean_lab.known_hosts))
