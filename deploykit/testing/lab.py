@@ -3,15 +3,21 @@
 Each lab host is
 
 * a network namespace ``dklab-<name>`` with a veth pair on the bridge ``dklab0``
-  and its own address in 198.18.0.0/24 (the machine's root namespace is
-  198.18.0.1 and reaches every host);
+  and its own address in the lab's network, a block of 198.18.0.0/15 (the
+  machine's root namespace is the network's first address and reaches every
+  host); an ``unreachable 198.18.0.0/15`` route keeps every lab address on the
+  machine, and a lab refuses a network that overlaps a live lab's;
 * its own mount, UTS and IPC namespaces, held open by an *anchor* process
   (``sleep infinity``): private /etc/ssh, /etc/nginx, /etc/supervisor,
   /etc/redis, /etc/hosts, /srv, /var/log, /var/lib, /var/backups, /root,
   tmpfs /run, /tmp and /dev/shm, and its own hostname;
 * its own sshd (own host key, key-only login for the lab's client key), and per
   role nginx + supervisord (``web``), PostgreSQL 15 + redis-server (``db``) or
-  its own dockerd (``docker``, see below).
+  its own dockerd (``docker``, see below); a ``light`` host runs sshd only
+  (fleets of up to :data:`MAX_LIGHT_HOSTS` for scale tests);
+* a ``deploy`` user (private /etc/passwd, /etc/group, /etc/shadow without any
+  password, /etc/sudoers.d and /home) with passwordless sudo, logging in with the
+  lab's client key like root (``Lab.inventory(user="deploy")``).
 
 A ``docker`` host runs its own dockerd (and the containerd dockerd manages)
 inside its namespaces: ``--bridge=none``, no iptables, data root
@@ -48,37 +54,47 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from deploykit.errors import LabError
 from deploykit.testing import labconfig
 
+T = TypeVar("T")
 STATE_ROOT = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"))
 # The default lab takes 198.18.0.0/26; other labs (the lifecycle tests, the
-# benchmark, parallel sessions) take other /27 blocks of 198.18.0.0/24.
+# benchmark, parallel sessions, scale labs) take other blocks of 198.18.0.0/15.
 # DEPLOYKIT_LAB_NAME and DEPLOYKIT_LAB_NETWORK choose another lab for invoke
 # lab.* and the pytest plugin.
 DEFAULT_NAME = os.environ.get("DEPLOYKIT_LAB_NAME", "dklab")
 DEFAULT_NETWORK = os.environ.get("DEPLOYKIT_LAB_NETWORK", "198.18.0.0/26")
-LAB_RANGE = "198.18.0.0/24"  # every lab lives in here; nothing in it leaves the machine
+LAB_RANGE = "198.18.0.0/15"  # every lab lives in here; nothing in it leaves the machine
+LAB_ROUTE_METRIC = "4000"
 HOST_OFFSET = 11  # first host is the network's 11th address: 198.18.0.11
 MAX_HOSTS = 20
+"""Hosts in a fleet with services (web, db, docker)."""
+MAX_LIGHT_HOSTS = 250
+"""Hosts in a fleet of ``light`` hosts only (sshd and a shell)."""
+DEPLOY_USER = "deploy"
+RESET_WORKERS = 8
 
 ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisord"),
     "db": ("postgres", "redis"),
     "docker": ("dockerd",),
+    "light": (),
 }
 ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisor"),
     "db": ("postgresql-15", "redis-server"),
     "docker": ("docker.io", "docker-compose"),
+    "light": (),
 }
 VERSION_VARS = {"docker.io": "docker_version", "docker-compose": "docker_compose_version"}
 """Inventory vars for package versions whose name the default rule would garble."""
@@ -87,6 +103,7 @@ REQUIRED_PROGRAMS: dict[str, str] = {
     "unshare": "util-linux",
     "nsenter": "util-linux",
     "runuser": "util-linux",
+    "sudo": "sudo",
     "/usr/sbin/sshd": "openssh-server",
     "ssh-keygen": "openssh-client",
     "nginx": "nginx",
@@ -102,9 +119,11 @@ BASE_SUITE = "bookworm"
 BUILD_TIMEOUT = 900.0
 # Directories each host gets a private copy of (bind-mounted over the machine's).
 PRIVATE_DIRS = (
-    "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis",
-    "srv", "var/log", "var/lib", "var/backups", "root",
+    "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis", "etc/sudoers.d",
+    "srv", "var/log", "var/lib", "var/backups", "root", "home",
 )
+# Files each host gets a private copy of: its users (the deploy user among them).
+PRIVATE_FILES = ("etc/passwd", "etc/group", "etc/shadow")
 PG_DATA = "var/lib/postgresql/15/main"
 START_TIMEOUT = 15.0
 
@@ -145,6 +164,18 @@ class LabHostStatus:
     services: dict[str, str] = field(default_factory=dict)
 
 
+def light_fleet(count: int) -> list[LabHostSpec]:
+    """``count`` light hosts (sshd and a shell only): ``node-1`` .. ``node-<count>``."""
+    if not 1 <= count <= MAX_LIGHT_HOSTS:
+        raise LabError(f"a light lab has 1 to {MAX_LIGHT_HOSTS} hosts, not {count}")
+    return [LabHostSpec(f"node-{i}", ("light",)) for i in range(1, count + 1)]
+
+
+def is_light(spec: LabHostSpec) -> bool:
+    """True for a host that runs sshd only."""
+    return set(spec.roles) <= {"light"}
+
+
 def default_fleet(count: int = 3) -> list[LabHostSpec]:
     """``count`` hosts: ``web-1`` .. ``web-(count-1)`` and one ``db-1``."""
     if not 1 <= count <= MAX_HOSTS:
@@ -157,10 +188,14 @@ def default_fleet(count: int = 3) -> list[LabHostSpec]:
 
 
 def parse_fleet(text: str) -> list[LabHostSpec]:
-    """Parse ``"web-1:web,web-2:web,db-1:db+web"`` or a host count like ``"10"``."""
+    """Parse ``"web-1:web,web-2:web,db-1:db+web"``, a host count like ``"10"``, or
+    ``"light:200"`` (200 light hosts)."""
     text = text.strip()
     if text.isdigit():
         return default_fleet(int(text))
+    light = re.fullmatch(r"light:(\d+)", text)
+    if light:
+        return light_fleet(int(light.group(1)))
     specs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, roles = item.partition(":")
@@ -212,23 +247,38 @@ class Lab:
         network: str = DEFAULT_NETWORK,
         state_dir: Path | str | None = None,
         inventory_path: Path | str | None = None,
+        inventory_user: str = "root",
     ) -> None:
         self.specs = list(hosts) if hosts is not None else default_fleet()
-        if len(self.specs) > MAX_HOSTS:
-            raise LabError(f"a lab has at most {MAX_HOSTS} hosts, not {len(self.specs)}")
+        limit = MAX_LIGHT_HOSTS if all(is_light(s) for s in self.specs) else MAX_HOSTS
+        if len(self.specs) > limit:
+            raise LabError(f"a lab has at most {MAX_HOSTS} hosts ({MAX_LIGHT_HOSTS} when all "
+                           f"are light), not {len(self.specs)}")
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise LabError(f"lab host names must be unique: {', '.join(names)}")
         if not re.fullmatch(r"[a-z][a-z0-9]{1,7}", name):
             raise LabError(f"lab name {name!r}: 2-8 lowercase letters and digits")
         self.name = name
-        self.network = ipaddress.ip_network(network)
-        if self.network.num_addresses < HOST_OFFSET + MAX_HOSTS + 1:
-            raise LabError(f"lab network {network} is too small for {MAX_HOSTS} hosts")
+        try:
+            self.network = ipaddress.ip_network(network)
+        except ValueError as exc:
+            raise LabError(f"lab network {network!r}: {exc}") from None
+        if not isinstance(self.network, ipaddress.IPv4Network) \
+                or not self.network.subnet_of(ipaddress.IPv4Network(LAB_RANGE)):
+            raise LabError(f"lab network {network} is outside {LAB_RANGE}, the range that "
+                           "never leaves this machine")
+        wanted = len(self.specs)
+        if self.network.num_addresses < HOST_OFFSET + wanted + 1:
+            raise LabError(f"lab network {network} is too small for {wanted} hosts "
+                           f"(they start at its {HOST_OFFSET}th address)")
         self.gateway = str(self.network[1])
         self.bridge = f"{name}0"
         self.state_dir = Path(state_dir) if state_dir else STATE_ROOT / name
         self.inventory_path = Path(inventory_path) if inventory_path else None
+        if inventory_user not in ("root", DEPLOY_USER):
+            raise LabError(f"lab inventory user {inventory_user!r}: root or {DEPLOY_USER}")
+        self.inventory_user = inventory_user
         self._host_script = resources.files("deploykit.testing").joinpath(
             "labhost.sh").read_text()
 
@@ -304,6 +354,8 @@ class Lab:
         """Build every host that is not already running; idempotent."""
         self._preflight()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        (self.state_dir / LAB_FILE).write_text(json.dumps(
+            {"name": self.name, "network": str(self.network)}))
         self._remove_strangers()
         self._ensure_client_key()
         self._ensure_postgres_password()
@@ -322,8 +374,7 @@ class Lab:
                     errors.append(f"{spec.name}: {exc}" if not isinstance(exc, LabError)
                                   else str(exc))
 
-        with ThreadPoolExecutor(max_workers=min(8, len(self.specs))) as pool:
-            list(pool.map(build, self.specs))
+        self._each_host(build)
         if errors:
             raise LabError("lab host failed to start:\n" + "\n".join(errors))
         self._write_client_files()
@@ -339,8 +390,9 @@ class Lab:
         for link in self._lab_links():
             _run(["ip", "link", "delete", link], check=False)
         if not _run(["ip", "-o", "-4", "addr", "show", "to", LAB_RANGE], check=False).stdout:
-            _run(["ip", "route", "delete", "unreachable", LAB_RANGE, "metric", "4000"],
-                 check=False)  # the last lab is gone
+            # the last lab is gone: only then the lab's own route (never another's metric)
+            _run(["ip", "route", "delete", "unreachable", LAB_RANGE,
+                  "metric", LAB_ROUTE_METRIC], check=False)
         if self.inventory_path is not None:
             self.inventory_path.unlink(missing_ok=True)
         if self.state_dir.exists():
@@ -351,8 +403,8 @@ class Lab:
     def status(self) -> list[LabHostStatus]:
         """Per host: address, roles, whether it is up, and each service's state."""
         namespaces = set(self._lab_namespaces())
-        result = []
-        for spec in self.specs:
+
+        def one(spec: LabHostSpec) -> LabHostStatus:
             up = self._netns(spec.name) in namespaces and self._anchor_pid(spec.name) is not None
             services = {s: "absent" for s in self.services(spec.name)}
             if up:
@@ -360,9 +412,14 @@ class Lab:
                 for line in out.splitlines():
                     service, _, state = line.partition(" ")
                     services[service] = state
-            result.append(LabHostStatus(spec.name, self.address(spec.name), spec.roles,
-                                        up, services))
-        return result
+            return LabHostStatus(spec.name, self.address(spec.name), spec.roles, up, services)
+
+        return self._each_host(one)
+
+    def _each_host(self, work: Callable[[LabHostSpec], T]) -> list[T]:
+        """``work`` on every host in parallel (a bounded pool), results in fleet order."""
+        with ThreadPoolExecutor(max_workers=max(1, min(RESET_WORKERS, len(self.specs)))) as pool:
+            return list(pool.map(work, self.specs))
 
     def is_up(self) -> bool:
         """True when every host is up and all its services run."""
@@ -392,11 +449,13 @@ class Lab:
         """Return every host to its freshly built state between tests, without a rebuild:
         empty /srv, /var/backups, /tmp and /var/lib/deploykit; on web hosts no supervisor
         program and nginx's own default site only; every service running again."""
-        for spec in self.specs:
+        def reset_one(spec: LabHostSpec) -> None:
             self.host_script(spec.name, "start", *self.services(spec.name))
             script = RESET_SCRIPT + (RESET_WEB_SCRIPT if "web" in spec.roles else "") \
                 + (RESET_DOCKER_SCRIPT if "docker" in spec.roles else "")
             self.nsenter(spec.name, ["sh", "-c", script])
+
+        self._each_host(reset_one)
 
     def start_service(self, name: str, service: str) -> None:
         """Start one service on a lab host (no-op when it runs)."""
@@ -413,7 +472,7 @@ class Lab:
             raise LabError("the lab needs root (it creates network namespaces); "
                            "run as root, e.g. sudo invoke lab.up")
         roles = {r for s in self.specs for r in s.roles}
-        wanted = {"ip", "unshare", "nsenter", "runuser", "/usr/sbin/sshd", "ssh-keygen"}
+        wanted = {"ip", "unshare", "nsenter", "runuser", "sudo", "/usr/sbin/sshd", "ssh-keygen"}
         for role in roles:
             for program, package in REQUIRED_PROGRAMS.items():
                 if package in ROLE_PACKAGES[role]:
@@ -423,6 +482,12 @@ class Lab:
         if missing:
             raise LabError(f"programs the lab needs are missing; install them with: "
                            f"apt-get install {' '.join(missing)}")
+        for other, network in live_labs().items():
+            if other != self.name and network.overlaps(self.network):
+                raise LabError(f"the lab's network {self.network} overlaps {network} of the "
+                               f"running lab {other!r}; choose another block of {LAB_RANGE} "
+                               f"(DEPLOYKIT_LAB_NETWORK) or take that lab down first "
+                               f"(DEPLOYKIT_LAB_NAME={other} invoke lab.down)")
         out = _run(["ip", "-o", "-4", "addr", "show"]).stdout
         for line in out.splitlines():
             parts = line.split()
@@ -477,7 +542,7 @@ class Lab:
         _run(["ip", "link", "set", self.bridge, "up"])
         # No packet for the lab range may leave this machine: addresses of no lab
         # fail at once instead of going out by the default route.
-        _run(["ip", "route", "replace", "unreachable", LAB_RANGE, "metric", "4000"])
+        _run(["ip", "route", "replace", "unreachable", LAB_RANGE, "metric", LAB_ROUTE_METRIC])
 
     def _ensure_host(self, spec: LabHostSpec) -> None:
         netns = self._netns(spec.name)
@@ -519,15 +584,21 @@ class Lab:
         os.chmod(fs / "root", 0o700)
         (fs / "root/.bashrc").write_text(labconfig.ROOT_BASHRC)
         (fs / "root/.profile").write_text(labconfig.ROOT_PROFILE)
+        self._provision_deploy_user(fs)
         (root / "hosts").write_text(labconfig.etc_hosts(spec.name, self.addresses()))
 
         ssh = fs / "etc/ssh"
         (ssh / "sshd_config").write_text(labconfig.SSHD_CONFIG)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", spec.name,
               "-f", str(ssh / "ssh_host_ed25519_key")])
-        authorized = ssh / "authorized_keys"
-        authorized.write_text(Path(f"{self.identity_file}.pub").read_text())
-        os.chmod(authorized, 0o600)
+        keys = ssh / "authorized_keys.d"  # AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
+        keys.mkdir(mode=0o755)
+        client_key = Path(f"{self.identity_file}.pub").read_text()
+        for user in ("root", DEPLOY_USER):
+            authorized = keys / user
+            authorized.write_text(client_key)
+            os.chmod(authorized, 0o600)
+            shutil.chown(authorized, *_user_ids(fs, user))
 
         if "web" in spec.roles:
             nginx = fs / "etc/nginx"
@@ -549,6 +620,36 @@ class Lab:
             (fs / "var/lib/dockerd").mkdir(parents=True, exist_ok=True)
             (fs / "var/lib/dockerd/daemon.json").write_text(
                 labconfig.dockerd_config(f"/{self.cgroup(spec.name)}"))
+
+    @staticmethod
+    def _provision_deploy_user(fs: Path) -> None:
+        """Private passwd, group and shadow (no password for anyone: key login only)
+        with the deploy user, its home, and its passwordless sudo."""
+        users = Path("/etc/passwd").read_text().splitlines()
+        groups = Path("/etc/group").read_text().splitlines()
+        taken = {int(line.split(":")[2]) for line in users + groups if line.count(":") >= 3}
+        uid = next(i for i in range(2000, 60000) if i not in taken)
+        users = [u for u in users if not u.startswith(f"{DEPLOY_USER}:")]
+        groups = [g for g in groups if not g.startswith(f"{DEPLOY_USER}:")]
+        users.append(f"{DEPLOY_USER}:x:{uid}:{uid}:deploykit lab:/home/{DEPLOY_USER}:/bin/bash")
+        groups.append(f"{DEPLOY_USER}:x:{uid}:")
+        (fs / "etc").mkdir(exist_ok=True)
+        (fs / "etc/passwd").write_text("\n".join(users) + "\n")
+        (fs / "etc/group").write_text("\n".join(groups) + "\n")
+        shadow = fs / "etc/shadow"
+        shadow.write_text("".join(f"{u.split(':')[0]}:*:19000:0:99999:7:::\n" for u in users))
+        os.chmod(shadow, 0o640)
+        with contextlib.suppress(KeyError, LookupError):
+            shutil.chown(shadow, "root", "shadow")
+        sudoers = fs / "etc/sudoers.d" / DEPLOY_USER
+        sudoers.write_text(labconfig.deploy_sudoers(DEPLOY_USER))
+        os.chmod(sudoers, 0o440)
+        home = fs / "home" / DEPLOY_USER
+        home.mkdir(parents=True, mode=0o750)
+        (home / ".bashrc").write_text(labconfig.ROOT_BASHRC)
+        (home / ".profile").write_text(labconfig.ROOT_PROFILE)
+        for path in (home, home / ".bashrc", home / ".profile"):
+            os.chown(path, uid, uid)
 
     def _init_postgres(self, fs: Path) -> None:
         data = fs / PG_DATA
@@ -583,6 +684,8 @@ class Lab:
         ]
         for d in PRIVATE_DIRS:
             lines.append(f"mount --rbind {fs}/{d} /{d}")
+        for f in PRIVATE_FILES:
+            lines.append(f"mount --bind {fs}/{f} /{f}")
         if "docker" in spec.roles:
             lines += _cgroup_mount_lines()
         lines += [
@@ -685,10 +788,28 @@ class Lab:
             self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
             self.inventory_path.write_text(
                 "# Written by `invoke lab.up`; removed by `invoke lab.down`.\n"
-                + yaml.safe_dump(self.inventory(), sort_keys=False))
+                + yaml.safe_dump(self.inventory(self.inventory_user), sort_keys=False))
 
-    def inventory(self) -> dict[str, object]:
-        """The fleet as an Ansible-style inventory mapping (what lab.yml holds)."""
+    @classmethod
+    def from_inventory(cls, path: Path | str) -> Lab:
+        """The lab an inventory written by ``lab.up`` describes (its name and network)."""
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+            lab_vars = data["all"]["vars"]
+            name, network = str(lab_vars["lab_name"]), str(lab_vars["lab_network"])
+        except OSError as exc:
+            raise LabError(f"cannot read lab inventory {path}: {exc.strerror}") from None
+        except (yaml.YAMLError, KeyError, TypeError):
+            raise LabError(f"{path} is not a lab inventory (no all.vars lab_name and "
+                           "lab_network: it was not written by invoke lab.up)") from None
+        fleet = load_fleet(name) or default_fleet()
+        user = str(lab_vars.get("user", "root"))
+        return cls(fleet, name=name, network=network, inventory_path=path,
+                   inventory_user=user if user == DEPLOY_USER else "root")
+
+    def inventory(self, user: str = "root") -> dict[str, object]:
+        """The fleet as an Ansible-style inventory mapping (what lab.yml holds); with
+        ``user="deploy"`` it logs in as the non-root deploy user with ``become`` (sudo)."""
         versions = _package_versions([p for r in ROLE_PACKAGES.values() for p in r])
         groups: dict[str, dict[str, object]] = {}
         for spec in self.specs:
@@ -705,8 +826,10 @@ class Lab:
             for group in spec.roles or ("ungrouped",):
                 groups.setdefault(group, {"hosts": {}})["hosts"][spec.name] = dict(host_vars)  # type: ignore[index]
         return {"all": {
-            "vars": {"user": "root", "identity_file": str(self.identity_file),
-                     "known_hosts": str(self.known_hosts), "lab": True},
+            "vars": {"user": user, **({"become": True} if user != "root" else {}),
+                     "identity_file": str(self.identity_file),
+                     "known_hosts": str(self.known_hosts), "lab": True,
+                     "lab_name": self.name, "lab_network": str(self.network)},
             "children": groups,
         }}
 
@@ -760,16 +883,43 @@ class Lab:
                 time.sleep(0.02)
 
 
+LAB_FILE = "lab.json"
+"""In a lab's state directory: its name and network (what other labs check against)."""
+
+
+def live_labs(root: Path | None = None) -> dict[str, ipaddress.IPv4Network]:
+    """Every lab on this machine whose bridge exists, with its network."""
+    root = root or STATE_ROOT
+    links = _run(["ip", "-o", "link", "show", "type", "bridge"], check=False).stdout
+    bridges = {line.split(":")[1].strip() for line in links.splitlines() if ":" in line}
+    found: dict[str, ipaddress.IPv4Network] = {}
+    for path in sorted(root.glob(f"*/{LAB_FILE}")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            data = json.loads(path.read_text())
+            if f"{data['name']}0" in bridges:
+                found[str(data["name"])] = ipaddress.IPv4Network(data["network"])
+    return found
+
+
+def _user_ids(fs: Path, user: str) -> tuple[int, int]:
+    """uid and gid of ``user`` in a host's private passwd."""
+    for line in (fs / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise LabError(f"no user {user!r} in {fs}/etc/passwd")
+
+
 def _package_versions(packages: Iterable[str]) -> dict[str, str]:
     """Installed Debian package versions, by package name (one dpkg-query call)."""
     proc = _run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *packages], check=False)
     return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
 
-def load_fleet(name: str = DEFAULT_NAME) -> list[LabHostSpec] | None:
-    """The fleet of the running lab ``name``, or None when it is down."""
+def load_fleet(name: str | None = None) -> list[LabHostSpec] | None:
+    """The fleet of the running lab ``name`` (default: DEPLOYKIT_LAB_NAME's), or None."""
     try:
-        data = json.loads((STATE_ROOT / name / "fleet.json").read_text())
+        data = json.loads((STATE_ROOT / (name or DEFAULT_NAME) / "fleet.json").read_text())
     except (OSError, ValueError):
         return None
     return [LabHostSpec(h["name"], tuple(h["roles"])) for h in data]

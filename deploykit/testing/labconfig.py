@@ -17,7 +17,7 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile /etc/ssh/authorized_keys
+AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -108,9 +108,15 @@ max_connections = 40
 """
 
 PG_HBA_EXTRA = """
-# deploykit lab: every lab network (198.18.0.0/24) and the controller
-host all all 198.18.0.0/24 scram-sha-256
+# deploykit lab: every lab network (198.18.0.0/15) and the controller
+host all all 198.18.0.0/15 scram-sha-256
 """
+
+def deploy_sudoers(user: str) -> str:
+    """/etc/sudoers.d entry of the lab's non-root deploy user: passwordless sudo."""
+    return f"# deploykit lab: the deploy user may run anything as root without a password\n" \
+           f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
 
 def dockerd_config(cgroup_parent: str) -> str:
     """daemon.json of a lab host's own dockerd: everything inside the host's private
