@@ -30,7 +30,10 @@ outcome, per host, as JSON (what :mod:`deploykit.verify` reads).
 ``lab``            session-scoped :class:`~deploykit.testing.lab.Lab`, brought up
                    once and always torn down (even when tests fail)
 ``clean_lab``      the same lab, reset after the test (no rebuild)
+``module_lab``     the same lab, reset before and after the module only: its tests
+                   share one deployed fleet (deploy in a module-scoped fixture)
 ``lab_inventory``  the lab as a :class:`~deploykit.inventory.Inventory`
+``lab_deploy_inventory``  the same, logging in as ``deploy`` with ``become`` (sudo)
 ``lab_host``       ``lab_host("web-1")`` -> a testinfra host over deploykit's SSH
 ``lab_connection`` ``lab_connection("web-1")`` -> a fresh deploykit Connection
 
@@ -65,8 +68,8 @@ MARKERS = {
     "pre_switch": "a deploy gate runs it against the idle colour, before traffic moves",
     "post_switch": "a deploy gate runs it after traffic moved (failure: switched back)",
 }
-LAB_FIXTURES = frozenset({"lab", "clean_lab", "lab_inventory", "lab_host", "lab_connection",
-                          "shared_fleet"})
+LAB_FIXTURES = frozenset({"lab", "clean_lab", "module_lab", "lab_inventory", "lab_host",
+                          "lab_connection", "lab_deploy_inventory"})
 TESTINFRA_HINT = ("needs pytest-testinfra, which is not installed; install it with: "
                   "pip install 'deploykit[testinfra]'")
 TESTINFRA_PLUGIN = "deploykit.testing.testinfra_plugin"
@@ -145,6 +148,23 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     """The session's lab, reset after the test (empty /srv, /var/backups, /tmp; services up)."""
     yield lab
     lab.reset()
+
+
+@pytest.fixture(scope="module")
+def module_lab(lab: Lab) -> Iterator[Lab]:
+    """The session's lab, reset before and after this module but not between its tests:
+    for a module whose tests share one deployed fleet (deploy once in a module-scoped
+    fixture that takes ``module_lab``, then each test reads or builds on that state)."""
+    lab.reset()
+    yield lab
+    lab.reset()
+
+
+@pytest.fixture(scope="session")
+def lab_deploy_inventory(lab: Lab) -> Inventory:
+    """The lab fleet as an inventory that logs in as the non-root ``deploy`` user with
+    ``become`` (passwordless sudo)."""
+    return Inventory.from_dict(lab.inventory(user="deploy"), source="<lab deploy>")
 
 
 @pytest.fixture(scope="session")
