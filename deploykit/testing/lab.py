@@ -374,7 +374,7 @@ class Lab:
                     errors.append(f"{spec.name}: {exc}" if not isinstance(exc, LabError)
                                   else str(exc))
 
-        self._each_host(build)
+        self.each_host(build)
         if errors:
             raise LabError("lab host failed to start:\n" + "\n".join(errors))
         self._write_client_files()
@@ -414,9 +414,9 @@ class Lab:
                     services[service] = state
             return LabHostStatus(spec.name, self.address(spec.name), spec.roles, up, services)
 
-        return self._each_host(one)
+        return self.each_host(one)
 
-    def _each_host(self, work: Callable[[LabHostSpec], T]) -> list[T]:
+    def each_host(self, work: Callable[[LabHostSpec], T]) -> list[T]:
         """``work`` on every host in parallel (a bounded pool), results in fleet order."""
         with ThreadPoolExecutor(max_workers=max(1, min(RESET_WORKERS, len(self.specs)))) as pool:
             return list(pool.map(work, self.specs))
@@ -455,7 +455,7 @@ class Lab:
                 + (RESET_DOCKER_SCRIPT if "docker" in spec.roles else "")
             self.nsenter(spec.name, ["sh", "-c", script])
 
-        self._each_host(reset_one)
+        self.each_host(reset_one)
 
     def start_service(self, name: str, service: str) -> None:
         """Start one service on a lab host (no-op when it runs)."""
