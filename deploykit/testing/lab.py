@@ -89,12 +89,14 @@ ROLE_SERVICES: dict[str, tuple[str, ...]] = {
     "db": ("postgres", "redis"),
     "docker": ("dockerd",),
     "light": (),
+    "bastion": (),
 }
 ROLE_PACKAGES: dict[str, tuple[str, ...]] = {
     "web": ("nginx", "supervisor"),
     "db": ("postgresql-15", "redis-server"),
     "docker": ("docker.io", "docker-compose"),
     "light": (),
+    "bastion": (),
 }
 VERSION_VARS = {"docker.io": "docker_version", "docker-compose": "docker_compose_version"}
 """Inventory vars for package versions whose name the default rule would garble."""
@@ -147,10 +149,13 @@ RESET_DOCKER_SCRIPT = (
 
 @dataclass(frozen=True)
 class LabHostSpec:
-    """One host to build: its name and roles (``web``, ``db``)."""
+    """One host to build: its name, roles (``web``, ``db``, ``docker``, ``light``,
+    ``bastion``) and whether it lives on the lab's inner network (reached only through
+    a ``bastion`` host, which has an address on both networks)."""
 
     name: str
     roles: tuple[str, ...]
+    inner: bool = False
 
 
 @dataclass
@@ -171,6 +176,14 @@ def light_fleet(count: int) -> list[LabHostSpec]:
     return [LabHostSpec(f"node-{i}", ("light",)) for i in range(1, count + 1)]
 
 
+def bastion_fleet(web: int = 2) -> list[LabHostSpec]:
+    """A bastion topology: ``bastion-1`` on the lab network and the inner one;
+    ``web-1`` .. ``web-<web>`` and ``db-1`` on the inner network only."""
+    return [LabHostSpec("bastion-1", ("bastion",))] + [
+        LabHostSpec(f"web-{i}", ("web",), inner=True) for i in range(1, web + 1)
+    ] + [LabHostSpec("db-1", ("db",), inner=True)]
+
+
 def is_light(spec: LabHostSpec) -> bool:
     """True for a host that runs sshd only."""
     return set(spec.roles) <= {"light"}
@@ -189,7 +202,8 @@ def default_fleet(count: int = 3) -> list[LabHostSpec]:
 
 def parse_fleet(text: str) -> list[LabHostSpec]:
     """Parse ``"web-1:web,web-2:web,db-1:db+web"``, a host count like ``"10"``, or
-    ``"light:200"`` (200 light hosts)."""
+    ``"light:200"`` (200 light hosts); ``"web-1:web@inner"`` puts a host on the inner
+    network (behind a ``bastion`` host)."""
     text = text.strip()
     if text.isdigit():
         return default_fleet(int(text))
@@ -198,13 +212,16 @@ def parse_fleet(text: str) -> list[LabHostSpec]:
         return light_fleet(int(light.group(1)))
     specs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
+        item, at, where = item.partition("@")
+        if at and where != "inner":
+            raise LabError(f"lab host {item!r}: '@{where}' is not a network; '@inner' is")
         name, _, roles = item.partition(":")
         role_list = tuple(r for r in roles.split("+") if r) if roles else ()
         unknown = [r for r in role_list if r not in ROLE_SERVICES]
         if unknown:
             raise LabError(f"unknown lab role {unknown[0]!r} for host {name!r}; "
                            f"roles: {', '.join(ROLE_SERVICES)}")
-        specs.append(LabHostSpec(name, role_list))
+        specs.append(LabHostSpec(name, role_list, inner=bool(at)))
     return specs
 
 
@@ -248,6 +265,7 @@ class Lab:
         state_dir: Path | str | None = None,
         inventory_path: Path | str | None = None,
         inventory_user: str = "root",
+        inner_network: str | None = None,
     ) -> None:
         self.specs = list(hosts) if hosts is not None else default_fleet()
         limit = MAX_LIGHT_HOSTS if all(is_light(s) for s in self.specs) else MAX_HOSTS
@@ -261,17 +279,20 @@ class Lab:
             raise LabError(f"lab name {name!r}: 2-8 lowercase letters and digits")
         self.name = name
         try:
-            self.network = ipaddress.ip_network(network)
+            net = ipaddress.ip_network(network)
         except ValueError as exc:
             raise LabError(f"lab network {network!r}: {exc}") from None
-        if not isinstance(self.network, ipaddress.IPv4Network) \
-                or not self.network.subnet_of(ipaddress.IPv4Network(LAB_RANGE)):
+        if not isinstance(net, ipaddress.IPv4Network) \
+                or not net.subnet_of(ipaddress.IPv4Network(LAB_RANGE)):
             raise LabError(f"lab network {network} is outside {LAB_RANGE}, the range that "
                            "never leaves this machine")
+        self.network = net
         wanted = len(self.specs)
         if self.network.num_addresses < HOST_OFFSET + wanted + 1:
             raise LabError(f"lab network {network} is too small for {wanted} hosts "
                            f"(they start at its {HOST_OFFSET}th address)")
+        self.inner_network = self._inner_network(inner_network)
+        self.inner_bridge = f"{name}1"
         self.gateway = str(self.network[1])
         self.bridge = f"{name}0"
         self.state_dir = Path(state_dir) if state_dir else STATE_ROOT / name
@@ -281,6 +302,27 @@ class Lab:
         self.inventory_user = inventory_user
         self._host_script = resources.files("deploykit.testing").joinpath(
             "labhost.sh").read_text()
+
+    def _inner_network(self, network: str | None) -> ipaddress.IPv4Network | None:
+        needs = any(s.inner or "bastion" in s.roles for s in self.specs)
+        if network is None:
+            if needs:
+                raise LabError("a lab with a bastion or inner hosts needs an inner network "
+                               f"(inner_network=, a block of {LAB_RANGE})")
+            return None
+        inner = ipaddress.ip_network(network)
+        if not isinstance(inner, ipaddress.IPv4Network) \
+                or not inner.subnet_of(ipaddress.IPv4Network(LAB_RANGE)):
+            raise LabError(f"inner network {network} is outside {LAB_RANGE}")
+        if inner.overlaps(self.network):
+            raise LabError(f"inner network {network} overlaps the lab network {self.network}")
+        if inner.num_addresses < HOST_OFFSET + len(self.specs) + 1:
+            raise LabError(f"inner network {network} is too small for {len(self.specs)} hosts")
+        return inner
+
+    def networks(self) -> list[ipaddress.IPv4Network]:
+        """The lab network, and the inner one when the lab has it."""
+        return [self.network] + ([self.inner_network] if self.inner_network else [])
 
     # -- paths and addresses -------------------------------------------------
 
@@ -305,8 +347,20 @@ class Lab:
         return self.state_dir / "postgres.password"
 
     def address(self, name: str) -> str:
-        """The lab address of host ``name``."""
+        """The lab address of host ``name`` (on the inner network for an inner host)."""
+        if self.spec(name).inner:
+            return self.inner_address(name)
         return str(self.network[HOST_OFFSET + self._index(name)])
+
+    def inner_address(self, name: str) -> str:
+        """Host ``name``'s address on the inner network (inner hosts and bastions)."""
+        if self.inner_network is None:
+            raise LabError(f"lab {self.name} has no inner network")
+        return str(self.inner_network[HOST_OFFSET + self._index(name)])
+
+    def bastion(self) -> str | None:
+        """The name of the lab's bastion host, if it has one."""
+        return next((s.name for s in self.specs if "bastion" in s.roles), None)
 
     def addresses(self) -> dict[str, str]:
         """Host name -> address, for every host in the fleet."""
@@ -337,6 +391,10 @@ class Lab:
     def _veth(self, name: str) -> str:
         return f"{self.name}{HOST_OFFSET + self._index(name)}"
 
+    def _inner_veth(self, name: str) -> str:
+        """A bastion's second veth, on the inner bridge."""
+        return f"{self.name}9{self._index(name):03d}"
+
     def cgroup(self, name: str) -> str:
         """The cgroup (a top-level one in every hierarchy) of host ``name``'s containers."""
         return f"{self.name}-{name}"
@@ -355,7 +413,7 @@ class Lab:
         self._preflight()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         (self.state_dir / LAB_FILE).write_text(json.dumps(
-            {"name": self.name, "network": str(self.network)}))
+            {"name": self.name, "networks": [str(n) for n in self.networks()]}))
         self._remove_strangers()
         self._ensure_client_key()
         self._ensure_postgres_password()
@@ -482,9 +540,12 @@ class Lab:
         if missing:
             raise LabError(f"programs the lab needs are missing; install them with: "
                            f"apt-get install {' '.join(missing)}")
-        for other, network in live_labs().items():
-            if other != self.name and network.overlaps(self.network):
-                raise LabError(f"the lab's network {self.network} overlaps {network} of the "
+        for other, networks in live_labs().items():
+            clash = [(mine, theirs) for mine in self.networks() for theirs in networks
+                     if mine.overlaps(theirs)]
+            if other != self.name and clash:
+                mine, network = clash[0]
+                raise LabError(f"the lab's network {mine} overlaps {network} of the "
                                f"running lab {other!r}; choose another block of {LAB_RANGE} "
                                f"(DEPLOYKIT_LAB_NETWORK) or take that lab down first "
                                f"(DEPLOYKIT_LAB_NAME={other} invoke lab.down)")
@@ -513,13 +574,16 @@ class Lab:
                 if netns not in wanted:
                     shutil.rmtree(self._host_dir(name), ignore_errors=True)
         # veths whose namespace disappeared are deleted with it; a stale one blocks reuse
-        expected = {self._veth(s.name) for s in self.specs} | {self.bridge}
+        owners = {self._veth(s.name): s.name for s in self.specs}
+        owners.update({self._inner_veth(s.name): s.name for s in self.specs
+                       if "bastion" in s.roles})
+        bridges = {self.bridge} | ({self.inner_bridge} if self.inner_network else set())
         live = set(self._lab_namespaces())
         for link in self._lab_links():
-            if link not in expected:
+            if link not in owners and link not in bridges:
                 _run(["ip", "link", "delete", link], check=False)
-            elif link != self.bridge:
-                owner = next(s.name for s in self.specs if self._veth(s.name) == link)
+            elif link in owners:
+                owner = owners[link]
                 if self._netns(owner) not in live:
                     _run(["ip", "link", "delete", link], check=False)
 
@@ -540,6 +604,10 @@ class Lab:
             _run(["ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}",
                   "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
+        if self.inner_network is not None:  # no address here: no route from the machine
+            if _run(["ip", "link", "show", self.inner_bridge], check=False).returncode != 0:
+                _run(["ip", "link", "add", self.inner_bridge, "type", "bridge"])
+            _run(["ip", "link", "set", self.inner_bridge, "up"])
         # No packet for the lab range may leave this machine: addresses of no lab
         # fail at once instead of going out by the default route.
         _run(["ip", "route", "replace", "unreachable", LAB_RANGE, "metric", LAB_ROUTE_METRIC])
@@ -563,10 +631,23 @@ class Lab:
         netns, veth = self._netns(spec.name), self._veth(spec.name)
         _run(["ip", "netns", "add", netns])
         _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
-        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
+        bridge, network = self.bridge, self.network
+        if spec.inner:
+            assert self.inner_network is not None
+            bridge, network = self.inner_bridge, self.inner_network
+        _run(["ip", "link", "set", veth, "master", bridge, "up"])
         _run(["ip", "-n", netns, "addr", "add",
-              f"{self.address(spec.name)}/{self.network.prefixlen}", "dev", "eth0"])
+              f"{self.address(spec.name)}/{network.prefixlen}", "dev", "eth0"])
         _run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        if "bastion" in spec.roles and self.inner_network is not None:
+            inner = self._inner_veth(spec.name)
+            _run(["ip", "link", "add", inner, "type", "veth", "peer", "name", "eth1",
+                  "netns", netns])
+            _run(["ip", "link", "set", inner, "master", self.inner_bridge, "up"])
+            _run(["ip", "-n", netns, "addr", "add",
+                  f"{self.inner_address(spec.name)}/{self.inner_network.prefixlen}",
+                  "dev", "eth1"])
+            _run(["ip", "-n", netns, "link", "set", "eth1", "up"])
         _run(["ip", "-n", netns, "link", "set", "lo", "up"])
 
     def _provision_files(self, spec: LabHostSpec) -> None:
@@ -760,13 +841,19 @@ class Lab:
     def _wait_for_ssh(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         address = self.address(name)
+        inner = self.spec(name).inner  # not reachable from here: ask from inside the host
+        probe = ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3"]
         while True:
-            try:
-                with socket.create_connection((address, 22), timeout=1) as sock:
-                    if sock.recv(4).startswith(b"SSH-"):
-                        return
-            except OSError:
-                pass
+            if inner:
+                if self.nsenter(name, probe, check=False).stdout.startswith("SSH-"):
+                    return
+            else:
+                try:
+                    with socket.create_connection((address, 22), timeout=1) as sock:
+                        if sock.recv(4).startswith(b"SSH-"):
+                            return
+                except OSError:
+                    pass
             if time.monotonic() > deadline:
                 log = self._host_dir(name) / "fs/var/log/sshd.log"
                 raise LabError(f"{name}: sshd does not answer on {address}:22\n"
@@ -781,14 +868,23 @@ class Lab:
             keys.append(f"{self.address(spec.name)} {kind} {key}\n")
         self.known_hosts.write_text("".join(keys))
         self.ssh_config.write_text(labconfig.ssh_client_config(
-            self.addresses(), str(self.identity_file), str(self.known_hosts)))
+            self.addresses(), str(self.identity_file), str(self.known_hosts),
+            jumps=self.jumps()))
         (self.state_dir / "fleet.json").write_text(json.dumps(
-            [{"name": s.name, "roles": list(s.roles)} for s in self.specs]))
+            [{"name": s.name, "roles": list(s.roles), **({"inner": True} if s.inner else {})}
+             for s in self.specs]))
         if self.inventory_path is not None:
             self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
             self.inventory_path.write_text(
                 "# Written by `invoke lab.up`; removed by `invoke lab.down`.\n"
                 + yaml.safe_dump(self.inventory(self.inventory_user), sort_keys=False))
+
+    def jumps(self) -> dict[str, str]:
+        """Inner host name -> the bastion it is reached through."""
+        bastion = self.bastion()
+        if bastion is None:
+            return {}
+        return {s.name: bastion for s in self.specs if s.inner}
 
     @classmethod
     def from_inventory(cls, path: Path | str) -> Lab:
@@ -804,13 +900,16 @@ class Lab:
                            "lab_network: it was not written by invoke lab.up)") from None
         fleet = load_fleet(name) or default_fleet()
         user = str(lab_vars.get("user", "root"))
+        inner = lab_vars.get("lab_inner_network")
         return cls(fleet, name=name, network=network, inventory_path=path,
-                   inventory_user=user if user == DEPLOY_USER else "root")
+                   inventory_user=user if user == DEPLOY_USER else "root",
+                   inner_network=str(inner) if inner else None)
 
     def inventory(self, user: str = "root") -> dict[str, object]:
         """The fleet as an Ansible-style inventory mapping (what lab.yml holds); with
         ``user="deploy"`` it logs in as the non-root deploy user with ``become`` (sudo)."""
         versions = _package_versions([p for r in ROLE_PACKAGES.values() for p in r])
+        jumps = self.jumps()
         groups: dict[str, dict[str, object]] = {}
         for spec in self.specs:
             host_vars: dict[str, object] = {"address": self.address(spec.name),
@@ -819,6 +918,8 @@ class Lab:
                 for package in ROLE_PACKAGES[role]:
                     var = VERSION_VARS.get(package, f"{package.split('-')[0]}_version")
                     host_vars[var] = versions.get(package, "")
+            if spec.name in jumps:  # reached only through the bastion (ProxyJump)
+                host_vars["jump"] = jumps[spec.name]
             if "db" in spec.roles:
                 host_vars.update(postgres_port=5432, postgres_user="postgres",
                                  postgres_password_file=str(self.postgres_password_file),
@@ -829,7 +930,9 @@ class Lab:
             "vars": {"user": user, **({"become": True} if user != "root" else {}),
                      "identity_file": str(self.identity_file),
                      "known_hosts": str(self.known_hosts), "lab": True,
-                     "lab_name": self.name, "lab_network": str(self.network)},
+                     "lab_name": self.name, "lab_network": str(self.network),
+                     **({"lab_inner_network": str(self.inner_network)}
+                        if self.inner_network else {})},
             "children": groups,
         }}
 
@@ -887,17 +990,17 @@ LAB_FILE = "lab.json"
 """In a lab's state directory: its name and network (what other labs check against)."""
 
 
-def live_labs(root: Path | None = None) -> dict[str, ipaddress.IPv4Network]:
-    """Every lab on this machine whose bridge exists, with its network."""
+def live_labs(root: Path | None = None) -> dict[str, list[ipaddress.IPv4Network]]:
+    """Every lab on this machine whose bridge exists, with its networks."""
     root = root or STATE_ROOT
     links = _run(["ip", "-o", "link", "show", "type", "bridge"], check=False).stdout
     bridges = {line.split(":")[1].strip() for line in links.splitlines() if ":" in line}
-    found: dict[str, ipaddress.IPv4Network] = {}
+    found: dict[str, list[ipaddress.IPv4Network]] = {}
     for path in sorted(root.glob(f"*/{LAB_FILE}")):
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             data = json.loads(path.read_text())
             if f"{data['name']}0" in bridges:
-                found[str(data["name"])] = ipaddress.IPv4Network(data["network"])
+                found[str(data["name"])] = [ipaddress.IPv4Network(n) for n in data["networks"]]
     return found
 
 
@@ -922,7 +1025,7 @@ def load_fleet(name: str | None = None) -> list[LabHostSpec] | None:
         data = json.loads((STATE_ROOT / (name or DEFAULT_NAME) / "fleet.json").read_text())
     except (OSError, ValueError):
         return None
-    return [LabHostSpec(h["name"], tuple(h["roles"])) for h in data]
+    return [LabHostSpec(h["name"], tuple(h["roles"]), bool(h.get("inner"))) for h in data]
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"

@@ -153,11 +153,14 @@ def etc_hosts(own_name: str, addresses: Mapping[str, str]) -> str:
 
 
 def ssh_client_config(
-    hosts: Mapping[str, str], identity_file: str, known_hosts: str, user: str = "root"
+    hosts: Mapping[str, str], identity_file: str, known_hosts: str, user: str = "root",
+    jumps: Mapping[str, str] | None = None,
 ) -> str:
-    """An OpenSSH client config naming every lab host, with strict host key checking."""
+    """An OpenSSH client config naming every lab host, with strict host key checking;
+    ``jumps`` maps a host reached only through a bastion to the bastion's name."""
     blocks = []
     for name, address in hosts.items():
+        jump = (jumps or {}).get(name)
         blocks.append(
             f"Host {name}\n"
             f"    HostName {address}\n"
@@ -166,5 +169,6 @@ def ssh_client_config(
             f"    IdentitiesOnly yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
             f"    StrictHostKeyChecking yes\n"
+            + (f"    ProxyJump {jump}\n" if jump else "")
         )
     return "\n".join(blocks)

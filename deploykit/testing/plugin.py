@@ -34,6 +34,8 @@ outcome, per host, as JSON (what :mod:`deploykit.verify` reads).
                    share one deployed fleet (deploy in a module-scoped fixture)
 ``lab_inventory``  the lab as a :class:`~deploykit.inventory.Inventory`
 ``lab_deploy_inventory``  the same, logging in as ``deploy`` with ``become`` (sudo)
+``bastion_lab``    another lab whose web and db hosts are reachable only through
+                   its bastion host (DEPLOYKIT_BASTION_LAB_NAME, _NETWORK, _INNER_NETWORK)
 ``lab_host``       ``lab_host("web-1")`` -> a testinfra host over deploykit's SSH
 ``lab_connection`` ``lab_connection("web-1")`` -> a fresh deploykit Connection
 
@@ -59,7 +61,7 @@ import pytest
 
 from deploykit.connection import Connection
 from deploykit.inventory import Inventory
-from deploykit.testing.lab import Lab, default_fleet, parse_fleet
+from deploykit.testing.lab import Lab, bastion_fleet, default_fleet, parse_fleet
 from deploykit.verify import DeployContext
 
 NOT_ROOT_REASON = "the lab needs root (network namespaces); run the suite as root"
@@ -69,7 +71,10 @@ MARKERS = {
     "post_switch": "a deploy gate runs it after traffic moved (failure: switched back)",
 }
 LAB_FIXTURES = frozenset({"lab", "clean_lab", "module_lab", "lab_inventory", "lab_host",
-                          "lab_connection", "lab_deploy_inventory"})
+                          "lab_connection", "lab_deploy_inventory", "bastion_lab"})
+BASTION_LAB_ENV = {"name": ("DEPLOYKIT_BASTION_LAB_NAME", "dkbast"),
+                   "network": ("DEPLOYKIT_BASTION_LAB_NETWORK", "198.18.1.0/27"),
+                   "inner_network": ("DEPLOYKIT_BASTION_LAB_INNER_NETWORK", "198.18.1.32/27")}
 TESTINFRA_HINT = ("needs pytest-testinfra, which is not installed; install it with: "
                   "pip install 'deploykit[testinfra]'")
 TESTINFRA_PLUGIN = "deploykit.testing.testinfra_plugin"
@@ -136,6 +141,25 @@ def lab() -> Iterator[Lab]:
         pytest.skip(NOT_ROOT_REASON)
     spec = os.environ.get("DEPLOYKIT_LAB_HOSTS")
     fleet = Lab(parse_fleet(spec) if spec else default_fleet())
+    try:
+        fleet.up()
+        yield fleet
+    finally:
+        fleet.down()
+
+
+@pytest.fixture(scope="session")
+def bastion_lab() -> Iterator[Lab]:
+    """A second lab in a bastion topology (:func:`~deploykit.testing.lab.bastion_fleet`):
+    ``bastion-1`` bridges the lab network and an inner one where web-1, web-2 and db-1
+    live, with no route to them from the controller; their inventory entries carry
+    ``jump: bastion-1``. Up once per session, always torn down. Its name and networks
+    come from DEPLOYKIT_BASTION_LAB_NAME, _NETWORK and _INNER_NETWORK."""
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT_REASON)
+    where = {key: os.environ.get(env, default) for key, (env, default) in BASTION_LAB_ENV.items()}
+    fleet = Lab(bastion_fleet(), name=where["name"], network=where["network"],
+                inner_network=where["inner_network"])
     try:
         fleet.up()
         yield fleet
