@@ -74,6 +74,8 @@ STATE_ROOT = Path(os.environ.get("DEPLOYKIT_LAB_DIR", "/var/cache/deploykit-lab"
 # lab.* and the pytest plugin.
 DEFAULT_NAME = os.environ.get("DEPLOYKIT_LAB_NAME", "dklab")
 DEFAULT_NETWORK = os.environ.get("DEPLOYKIT_LAB_NETWORK", "198.18.0.0/26")
+DEFAULT_INNER_NETWORK = os.environ.get("DEPLOYKIT_LAB_INNER_NETWORK") or None
+"""The inner network of a lab with a bastion (none by default)."""
 LAB_RANGE = "198.18.0.0/15"  # every lab lives in here; nothing in it leaves the machine
 LAB_ROUTE_METRIC = "4000"
 HOST_OFFSET = 11  # first host is the network's 11th address: 198.18.0.11
@@ -201,15 +203,17 @@ def default_fleet(count: int = 3) -> list[LabHostSpec]:
 
 
 def parse_fleet(text: str) -> list[LabHostSpec]:
-    """Parse ``"web-1:web,web-2:web,db-1:db+web"``, a host count like ``"10"``, or
-    ``"light:200"`` (200 light hosts); ``"web-1:web@inner"`` puts a host on the inner
-    network (behind a ``bastion`` host)."""
+    """Parse ``"web-1:web,web-2:web,db-1:db+web"``, a host count like ``"10"``,
+    ``"light:200"`` (200 light hosts) or ``"bastion"`` (:func:`bastion_fleet`);
+    ``"web-1:web@inner"`` puts a host on the inner network (behind a ``bastion`` host)."""
     text = text.strip()
     if text.isdigit():
         return default_fleet(int(text))
     light = re.fullmatch(r"light:(\d+)", text)
     if light:
         return light_fleet(int(light.group(1)))
+    if text == "bastion":
+        return bastion_fleet()
     specs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         item, at, where = item.partition("@")
@@ -265,7 +269,7 @@ class Lab:
         state_dir: Path | str | None = None,
         inventory_path: Path | str | None = None,
         inventory_user: str = "root",
-        inner_network: str | None = None,
+        inner_network: str | None = DEFAULT_INNER_NETWORK,
     ) -> None:
         self.specs = list(hosts) if hosts is not None else default_fleet()
         limit = MAX_LIGHT_HOSTS if all(is_light(s) for s in self.specs) else MAX_HOSTS
@@ -307,8 +311,8 @@ class Lab:
         needs = any(s.inner or "bastion" in s.roles for s in self.specs)
         if network is None:
             if needs:
-                raise LabError("a lab with a bastion or inner hosts needs an inner network "
-                               f"(inner_network=, a block of {LAB_RANGE})")
+                raise LabError("a lab with a bastion or inner hosts needs an inner network: "
+                               f"set DEPLOYKIT_LAB_INNER_NETWORK to a block of {LAB_RANGE}")
             return None
         inner = ipaddress.ip_network(network)
         if not isinstance(inner, ipaddress.IPv4Network) \

@@ -53,7 +53,8 @@ def status_table(statuses: list[LabHostStatus]) -> Table:
     return table
 
 
-@task(help={"hosts": "host count (e.g. 10), 'light:200' (sshd-only hosts) or "
+@task(help={"hosts": "host count (e.g. 10), 'light:200' (sshd-only hosts), 'bastion' (web and "
+                     "db hosts behind a bastion; set DEPLOYKIT_LAB_INNER_NETWORK) or "
                      "'web-1:web,db-1:db'; default web-1, web-2, db-1",
             "inventory": "where to write the inventory (default inventories/lab.yml)",
             "user": "who the inventory logs in as: root (default) or deploy (sudo, become)"})
