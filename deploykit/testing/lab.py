@@ -15,9 +15,10 @@ Each lab host is
   role nginx + supervisord (``web``), PostgreSQL 15 + redis-server (``db``) or
   its own dockerd (``docker``, see below); a ``light`` host runs sshd only
   (fleets of up to :data:`MAX_LIGHT_HOSTS` for scale tests);
-* a ``deploy`` user (private /etc/passwd, /etc/group, /etc/shadow without any
-  password, /etc/sudoers.d and /home) with passwordless sudo, logging in with the
-  lab's client key like root (``Lab.inventory(user="deploy")``).
+* its own /etc: an overlay of the machine's (useradd, sudoers and every other
+  change stay in the host), with a ``deploy`` user (no password for anyone in its
+  /etc/shadow; home in the private /home) with passwordless sudo, logging in with
+  the lab's client key like root (``Lab.inventory(user="deploy")``).
 
 A ``docker`` host runs its own dockerd (and the containerd dockerd manages)
 inside its namespaces: ``--bridge=none``, no iptables, data root
@@ -123,11 +124,12 @@ BASE_SUITE = "bookworm"
 BUILD_TIMEOUT = 900.0
 # Directories each host gets a private copy of (bind-mounted over the machine's).
 PRIVATE_DIRS = (
-    "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis", "etc/sudoers.d",
+    "etc/ssh", "etc/nginx", "etc/supervisor", "etc/redis",
     "srv", "var/log", "var/lib", "var/backups", "root", "home",
 )
-# Files each host gets a private copy of: its users (the deploy user among them).
-PRIVATE_FILES = ("etc/passwd", "etc/group", "etc/shadow")
+# The rest of /etc is an overlay per host: the machine's /etc below, the host's
+# changes (its users, sudoers, anything a task writes) in ETC_UPPER, never the machine's.
+ETC_UPPER, ETC_WORK = "etc-upper", "etc-work"
 PG_DATA = "var/lib/postgresql/15/main"
 START_TIMEOUT = 15.0
 
@@ -669,7 +671,8 @@ class Lab:
         os.chmod(fs / "root", 0o700)
         (fs / "root/.bashrc").write_text(labconfig.ROOT_BASHRC)
         (fs / "root/.profile").write_text(labconfig.ROOT_PROFILE)
-        self._provision_deploy_user(fs)
+        self._provision_deploy_user(fs, root / ETC_UPPER)
+        (root / ETC_WORK).mkdir()
         (root / "hosts").write_text(labconfig.etc_hosts(spec.name, self.addresses()))
 
         ssh = fs / "etc/ssh"
@@ -683,7 +686,7 @@ class Lab:
             authorized = keys / user
             authorized.write_text(client_key)
             os.chmod(authorized, 0o600)
-            shutil.chown(authorized, *_user_ids(fs, user))
+            shutil.chown(authorized, *_user_ids(root / ETC_UPPER, user))
 
         if "web" in spec.roles:
             nginx = fs / "etc/nginx"
@@ -707,9 +710,9 @@ class Lab:
                 labconfig.dockerd_config(f"/{self.cgroup(spec.name)}"))
 
     @staticmethod
-    def _provision_deploy_user(fs: Path) -> None:
-        """Private passwd, group and shadow (no password for anyone: key login only)
-        with the deploy user, its home, and its passwordless sudo."""
+    def _provision_deploy_user(fs: Path, etc: Path) -> None:
+        """The host's passwd, group and shadow in its /etc overlay ``etc`` (no password
+        for anyone: key login only) with the deploy user, its home, and its sudo rule."""
         users = Path("/etc/passwd").read_text().splitlines()
         groups = Path("/etc/group").read_text().splitlines()
         taken = {int(line.split(":")[2]) for line in users + groups if line.count(":") >= 3}
@@ -718,15 +721,15 @@ class Lab:
         groups = [g for g in groups if not g.startswith(f"{DEPLOY_USER}:")]
         users.append(f"{DEPLOY_USER}:x:{uid}:{uid}:deploykit lab:/home/{DEPLOY_USER}:/bin/bash")
         groups.append(f"{DEPLOY_USER}:x:{uid}:")
-        (fs / "etc").mkdir(exist_ok=True)
-        (fs / "etc/passwd").write_text("\n".join(users) + "\n")
-        (fs / "etc/group").write_text("\n".join(groups) + "\n")
-        shadow = fs / "etc/shadow"
+        (etc / "sudoers.d").mkdir(parents=True)
+        (etc / "passwd").write_text("\n".join(users) + "\n")
+        (etc / "group").write_text("\n".join(groups) + "\n")
+        shadow = etc / "shadow"
         shadow.write_text("".join(f"{u.split(':')[0]}:*:19000:0:99999:7:::\n" for u in users))
         os.chmod(shadow, 0o640)
         with contextlib.suppress(KeyError, LookupError):
             shutil.chown(shadow, "root", "shadow")
-        sudoers = fs / "etc/sudoers.d" / DEPLOY_USER
+        sudoers = etc / "sudoers.d" / DEPLOY_USER
         sudoers.write_text(labconfig.deploy_sudoers(DEPLOY_USER))
         os.chmod(sudoers, 0o440)
         home = fs / "home" / DEPLOY_USER
@@ -766,11 +769,11 @@ class Lab:
             f"hostname {spec.name}",
             f"mount --bind /var/lib/dpkg {fs}/var/lib/dpkg",
             f"mount -o remount,bind,ro {fs}/var/lib/dpkg",
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={root}/{ETC_UPPER},"
+            f"workdir={root}/{ETC_WORK} /etc",
         ]
         for d in PRIVATE_DIRS:
             lines.append(f"mount --rbind {fs}/{d} /{d}")
-        for f in PRIVATE_FILES:
-            lines.append(f"mount --bind {fs}/{f} /{f}")
         if "docker" in spec.roles:
             lines += _cgroup_mount_lines()
         lines += [
@@ -1008,13 +1011,13 @@ def live_labs(root: Path | None = None) -> dict[str, list[ipaddress.IPv4Network]
     return found
 
 
-def _user_ids(fs: Path, user: str) -> tuple[int, int]:
-    """uid and gid of ``user`` in a host's private passwd."""
-    for line in (fs / "etc/passwd").read_text().splitlines():
+def _user_ids(etc: Path, user: str) -> tuple[int, int]:
+    """uid and gid of ``user`` in a host's passwd (in ``etc``, its /etc overlay)."""
+    for line in (etc / "passwd").read_text().splitlines():
         fields = line.split(":")
         if fields[0] == user:
             return int(fields[2]), int(fields[3])
-    raise LabError(f"no user {user!r} in {fs}/etc/passwd")
+    raise LabError(f"no user {user!r} in {etc}/passwd")
 
 
 def _package_versions(packages: Iterable[str]) -> dict[str, str]:

@@ -190,3 +190,17 @@ def test_deploy_user_logs_in_with_the_lab_key_and_has_passwordless_sudo(lab: Lab
 def test_deploy_user_has_no_password_anywhere(lab: Lab) -> None:
     shadow = lab.nsenter("web-1", ["cat", "/etc/shadow"]).stdout
     assert shadow and all(line.split(":")[1] == "*" for line in shadow.splitlines())
+
+
+def test_etc_changes_on_a_host_stay_in_that_host(
+    lab: Lab, lab_connection: Callable[[str], Connection]
+) -> None:
+    web1 = lab_connection("web-1")
+    try:
+        web1.run("useradd -M -s /usr/sbin/nologin dklabprobe && echo x > /etc/dklab-probe")
+        assert "dklabprobe:" in web1.run("cat /etc/passwd").stdout
+        assert "dklabprobe:" not in lab_connection("web-2").run("cat /etc/passwd").stdout
+        assert "dklabprobe:" not in Path("/etc/passwd").read_text()  # nor on the machine
+        assert not Path("/etc/dklab-probe").exists()
+    finally:
+        web1.run("userdel dklabprobe; rm -f /etc/dklab-probe", check=False)
