@@ -3,7 +3,10 @@ inventory it would write (users, jump hosts) and the client's ssh_config."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from deploykit.errors import LabError
 from deploykit.inventory import Inventory
@@ -86,3 +89,23 @@ def test_the_deploy_user_may_sudo_without_a_password_and_nothing_else_is_granted
         "deploy ALL=(ALL:ALL) NOPASSWD: ALL"
     assert "AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u" in labconfig.SSHD_CONFIG
     assert "PasswordAuthentication no" in labconfig.SSHD_CONFIG
+
+
+def test_a_lab_inventory_file_names_its_lab(tmp_path: Path) -> None:
+    lab = Lab(bastion_fleet(), name="zz", network="198.18.20.0/27",
+              inner_network="198.18.20.32/27")
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(lab.inventory(user="deploy")))
+    again = Lab.from_inventory(path)
+    assert (again.name, str(again.network), str(again.inner_network), again.inventory_user) \
+        == ("zz", "198.18.20.0/27", "198.18.20.32/27", "deploy")
+    assert again.inventory_path == path
+
+
+def test_a_file_that_is_no_lab_inventory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "production.yml"
+    path.write_text("all:\n  hosts:\n    web-1: {address: 192.0.2.1}\n")
+    with pytest.raises(LabError, match="is not a lab inventory"):
+        Lab.from_inventory(path)
+    with pytest.raises(LabError, match="cannot read lab inventory"):
+        Lab.from_inventory(tmp_path / "missing.yml")
