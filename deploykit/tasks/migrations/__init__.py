@@ -21,6 +21,7 @@ from deploykit.tasks.migrations.alembic import (
     alembic_migrate,
     parse_alembic_revisions,
 )
+from deploykit.tasks.migrations import policy
 from deploykit.tasks.migrations.command import CommandMigrateTask, command_migrate
 from deploykit.tasks.migrations.sql import MigrateTask, RollbackTask, migrate, rollback
 from deploykit.tasks.migrations.sqlfiles import (
@@ -31,9 +32,30 @@ from deploykit.tasks.migrations.sqlfiles import (
     rollback_targets,
     sql_error_location,
 )
+from deploykit.tasks.migrations.tools import (
+    AlembicTool,
+    CommandTool,
+    DjangoTool,
+    FlaskTool,
+    MigrationState,
+    MigrationTool,
+    ReleaseEnv,
+    SqlTool,
+    tool_for,
+)
 
 __all__ = [
     "AlembicTask",
+    "AlembicTool",
+    "CommandTool",
+    "DjangoTool",
+    "FlaskTool",
+    "MigrationState",
+    "MigrationTool",
+    "ReleaseEnv",
+    "SqlTool",
+    "policy",
+    "tool_for",
     "AppliedMigration",
     "CommandMigrateTask",
     "MigrateTask",

@@ -359,10 +359,13 @@ class _SqlMigrationTask(Task):
                           duration=time.monotonic() - started)
         result.duration = time.monotonic() - started
         done: list[Migration] = state.get("done", [])
+        ids = state.get("ids", {})
         result.data.update(
             database=self.database, before=_newest(state["applied"], state.get("ids", {})),
             after=_newest(state.get("after_rows", state["applied"]), state.get("ids", {})),
             pending=[m.id for m in state.get("todo", [])], ran=[m.id for m in done],
+            applied=[ids.get(v, f"{v}_{a.name}") for v, a in sorted(
+                (state.get("after_rows", state["applied"]) or {}).items())],
             lock_waited=round(state.get("lock_waited", 0.0), 3))
         if "deploy_id" in state:
             result.data["deploy_id"] = state["deploy_id"]
@@ -423,14 +426,15 @@ class MigrateTask(_SqlMigrationTask):
     direction: ClassVar[Direction] = "up"
     verb: ClassVar[str] = "applied"
 
-    def __init__(self, directory: str | Path, *, to: int | str | None = None, **kwargs: Any
-                 ) -> None:
+    def __init__(self, directory: str | Path, *, to: int | str | None = None,
+                 allow_newer: bool = False, **kwargs: Any) -> None:
         super().__init__(directory, **kwargs)
         self.to = None if to is None else parse_version(to, "migrate: to")
+        self.allow_newer = allow_newer
 
     def select(self, migrations: Sequence[Migration],
                applied: Mapping[int, AppliedMigration]) -> list[Migration]:
-        return pending_migrations(migrations, applied, self.to)
+        return pending_migrations(migrations, applied, self.to, allow_newer=self.allow_newer)
 
 
 def migrate(
@@ -442,6 +446,7 @@ def migrate(
     deploy_id: str | None = None,
     settings: PgSettings | None = None,
     lock_timeout: float = 300.0,
+    allow_newer: bool = False,
     name: str | None = None,
 ) -> MigrateTask:
     """Apply the pending migrations of a local directory to a PostgreSQL database.
@@ -461,6 +466,10 @@ def migrate(
             :mod:`deploykit.pg`).
         lock_timeout: seconds to wait for another run's migration lock before
             failing with a message naming the holder.
+        allow_newer: leave applied versions above the directory's newest alone
+            (older code deployed over a newer release's expand migrations, once
+            :func:`deploykit.tasks.migrations.policy.judge` allowed it); without
+            it they are an error.
         name: the step's name in reports.
 
     Idempotence: the probe is one SQL query; ``ok`` (and nothing else sent)
@@ -481,7 +490,8 @@ def migrate(
     ``ran`` (applied by this run), ``deploy_id``, ``lock_waited`` (seconds).
     """
     return MigrateTask(directory, to=to, database=database, table=table, settings=settings,
-                       lock_timeout=lock_timeout, deploy_id=deploy_id, name=name)
+                       lock_timeout=lock_timeout, deploy_id=deploy_id, allow_newer=allow_newer,
+                       name=name)
 
 
 class RollbackTask(_SqlMigrationTask):

@@ -136,13 +136,19 @@ def _verify_applied(migrations: Sequence[Migration],
 
 
 def pending_migrations(migrations: Sequence[Migration], applied: Mapping[int, AppliedMigration],
-                       to: int | None = None) -> list[Migration]:
+                       to: int | None = None, *, allow_newer: bool = False
+                       ) -> list[Migration]:
     """The migrations to apply, in order, up to version ``to`` (inclusive; None = all).
 
     Raises :class:`TaskError` when an applied migration changed or is unknown to
     the directory, when ``to`` names no migration, or when a pending migration
-    is older than an applied one (out of order).
+    is older than an applied one (out of order). With ``allow_newer``, applied
+    versions above the directory's newest (a newer release's expand migrations,
+    judged by :mod:`deploykit.tasks.migrations.policy`) are left alone.
     """
+    if allow_newer:
+        top = max((m.version for m in migrations), default=0)
+        applied = {v: a for v, a in applied.items() if v <= top}
     _verify_applied(migrations, applied)
     if to is not None and to not in {m.version for m in migrations}:
         raise TaskError(f"to={to}: no migration has this version")

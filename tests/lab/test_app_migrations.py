@@ -1,0 +1,182 @@
+"""The migrate tools of the app contract on real apps and real hosts.
+
+* Django (examples/django) on db-1's PostgreSQL 15: its release installed from its
+  artifact, contrib + app migrations listed by ``showmigrations --plan``, applied, v2's
+  migration applied and rolled back with v2's scripts, a failing migration leaving nothing
+  half-applied (and its undo rolling back what the run applied before it).
+* alembic (examples/datasette) on a SQLite file: applied, rolled back; a failing migration
+  says the pre-deploy backup must be restored (alembic on SQLite is not transactional).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from deploykit import artifacts, pg
+from deploykit.connection import Connection
+from deploykit.result import Status
+from deploykit.secrets import Secret
+from deploykit.task import UndoStack
+from deploykit.tasks import migrations, releases
+from deploykit.tasks.migrations import DjangoTool, ReleaseEnv
+
+pytestmark = pytest.mark.lab
+
+HOST = "db-1"
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
+FIXTURES = ROOT / "tests" / "fixtures"
+WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
+
+
+def source_of(example: str, version: str, dest: Path, *extra: tuple[Path, str]) -> Path:
+    """The example's source for ``version``: v1 as it is, v2 with ``v2/`` copied over it,
+    plus ``extra`` files (path, relative destination)."""
+    out = dest / f"{example}-{version}"
+    shutil.copytree(EXAMPLES / example, out, ignore=shutil.ignore_patterns("v2", "__pycache__"))
+    if version != "v1":
+        shutil.copytree(EXAMPLES / example / "v2", out, dirs_exist_ok=True)
+    for path, rel in extra:
+        shutil.copy(path, out / rel)
+    return out
+
+
+@pytest.fixture(scope="module")
+def admin(lab_connection: Callable[[str], Connection]) -> Connection:
+    return lab_connection(HOST)
+
+
+@pytest.fixture
+def conn(lab_connection: Callable[[str], Connection]) -> Connection:
+    return lab_connection(HOST)
+
+
+@pytest.fixture(scope="module")
+def app_root(admin: Connection) -> Iterator[str]:
+    root = f"/srv/dkct-{uuid.uuid4().hex[:8]}"
+    try:
+        yield root
+    finally:
+        admin.run(["rm", "-rf", "--", root])
+
+
+def install(conn: Connection, app: str, source: Path, version: str, out: Path,
+            root: str) -> str:
+    """Build ``source`` as ``version`` and install it on the host; the release path."""
+    artifact = artifacts.build(source, app=app, version=version, out_dir=out,
+                               wheelhouse=WHEELHOUSE)
+    result = releases.install(app, artifact, root=root, shared_files=(), shared_dirs=(),
+                              timeout=900).run(conn)
+    assert result.status is Status.CHANGED, result.message
+    return releases.release_dir(app, version, root=root)
+
+
+# -- Django on PostgreSQL ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def django_db(admin: Connection) -> Iterator[tuple[str, Secret]]:
+    name = f"dkdj_{uuid.uuid4().hex[:10]}"
+    with pg.connect(admin) as session:
+        session.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    password = pg.PgSettings.from_host(admin.host).password
+    assert password is not None
+    try:
+        yield name, Secret(f"postgresql://postgres:{password.reveal()}@127.0.0.1:5432/{name}")
+    finally:
+        with pg.connect(admin) as session:
+            session.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                            .format(sql.Identifier(name)))
+
+
+def rows(admin: Connection, database: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with pg.connect(admin, database) as session:
+        cursor = session.execute(query.encode(), params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def note_columns(admin: Connection, database: str) -> list[str]:
+    return [r[0] for r in rows(admin, database, "SELECT column_name FROM information_schema"
+                               ".columns WHERE table_name = 'notes_note' ORDER BY 1")]
+
+
+def test_django_migrate_list_apply_rollback_and_a_failing_migration(
+        conn: Connection, admin: Connection, app_root: str, django_db: tuple[str, Secret],
+        tmp_path: Path) -> None:
+    database, url = django_db
+    tool = migrations.tool_for(SimpleNamespace(tool="django"),
+                               engine="postgres")
+    assert isinstance(tool, DjangoTool) and tool.transactional
+    env: dict[str, str | Secret] = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE":
+                                    "dkdjango.settings"}
+    v1 = ReleaseEnv(install(admin, "dkdjango", source_of("django", "v1", tmp_path), "v1",
+                            tmp_path / "dist", app_root), env=env)
+
+    state = tool.state(conn, v1)
+    assert state.applied == () and "notes.0001_initial" in state.pending
+    assert "auth.0001_initial" in state.pending and "sessions.0001_initial" in state.pending
+    check = tool.migrate(v1).run(conn, check=True)
+    assert check.status is Status.CHANGED and "notes.0001_initial: pending -> applied" in \
+        check.diff
+    assert rows(admin, database, "SELECT to_regclass('django_migrations') IS NULL") == [(True,)]
+
+    first = tool.migrate(v1).run(conn)
+    assert first.status is Status.CHANGED, first.message
+    assert first.data["ran"] == list(state.pending) and first.data["pending"] == \
+        list(state.pending)
+    assert tool.migrate(v1).run(conn).status is Status.OK
+    rows(admin, database, "INSERT INTO notes_note (title, created) VALUES ('kept', now())")
+
+    # v2: one new migration; applied alone, reported, rolled back with v2's own scripts
+    v2 = ReleaseEnv(install(admin, "dkdjango", source_of("django", "v2", tmp_path), "v2",
+                            tmp_path / "dist", app_root), env=env)
+    assert tool.state(conn, v2).pending == ("notes.0002_note_done",)
+    second = tool.migrate(v2).run(conn)
+    assert second.status is Status.CHANGED and second.data["ran"] == ["notes.0002_note_done"]
+    assert "done" in note_columns(admin, database)
+    # v1's code (it does not know "done") still writes: the migration was an expand one
+    rows(admin, database, "INSERT INTO notes_note (title, created) VALUES ('v1', now())")
+    known_to_v1 = tool.state(conn, v1)
+    assert known_to_v1.pending == () and "notes.0002_note_done" not in known_to_v1.applied
+    verdict = migrations.policy.judge(applied=tool.state(conn, v2).applied,
+                                      known=(*known_to_v1.applied, *known_to_v1.pending),
+                                      kinds={"notes.0002_note_done": "expand"})
+    assert verdict.allowed and verdict.newer == ("notes.0002_note_done",)
+
+    back = tool.rollback(v2, 1).run(conn)
+    assert back.status is Status.CHANGED, back.message
+    assert back.data["ran"] == ["notes.0002_note_done"]
+    assert "done" not in note_columns(admin, database)
+    assert tool.state(conn, v2).pending == ("notes.0002_note_done",)
+
+    # v3 = v2 + a migration failing midway: nothing of it stays; 0002 (applied by the same
+    # run before it) is rolled back by the step's undo
+    v3 = ReleaseEnv(install(admin, "dkdjango", source_of(
+        "django", "v3", tmp_path, (FIXTURES / "django" / "0003_broken.py",
+                                   "notes/migrations/0003_broken.py")),
+        "v3", tmp_path / "dist", app_root), env=env)
+    undo = UndoStack()
+    broken = tool.migrate(v3).run(conn, undo=undo)
+    assert broken.status is Status.FAILED
+    assert "division by zero" in broken.message
+    assert "applied before the failure: notes.0002_note_done" in broken.message
+    assert broken.data["ran"] == ["notes.0002_note_done"] and not broken.data["needs_restore"]
+    assert "half" not in note_columns(admin, database)
+    assert rows(admin, database, "SELECT count(*) FROM django_migrations WHERE app = 'notes' "
+                "AND name = '0003_broken'") == [(0,)]
+    undone, failed = undo.unwind(conn)
+    assert failed == [] and len(undone) == 1
+    assert "done" not in note_columns(admin, database)
+    assert tool.state(conn, v1).pending == ()
+    assert rows(admin, database, "SELECT title FROM notes_note ORDER BY id") == \
+        [("kept",), ("v1",)]
+    # the URL's password never reached a log
+    assert all(url.reveal().split(":")[2].split("@")[0] not in e.command for e in conn.log)
