@@ -185,7 +185,7 @@ def test_a_wheel_missing_from_the_wheelhouse_is_a_clear_error(source: Path, whee
     # deploykit's bootstrap script
     assert f"the app's requirements file {copy / 'requirements.txt'}" in message
     assert f"from {wheelhouse}" in message and "not-in-the-wheelhouse" in message
-    assert f"pip download --only-binary=:all: -d" in message
+    assert "pip download --only-binary=:all: -d" in message
     assert "bootstrap" not in message
 
 
