@@ -180,3 +180,58 @@ def test_django_migrate_list_apply_rollback_and_a_failing_migration(
         [("kept",), ("v1",)]
     # the URL's password never reached a log
     assert all(url.reveal().split(":")[2].split("@")[0] not in e.command for e in conn.log)
+
+
+# -- alembic on SQLite (examples/datasette) -----------------------------------------------------
+
+
+def test_alembic_on_sqlite_apply_rollback_and_a_failing_migration_asks_for_the_backup(
+        conn: Connection, admin: Connection, app_root: str, tmp_path: Path) -> None:
+    tool = migrations.tool_for(SimpleNamespace(tool="alembic"), engine="sqlite")
+    assert not tool.transactional
+    db = f"{app_root}/dkdatasette/shared/notes.db"
+    admin.run(["mkdir", "-p", f"{app_root}/dkdatasette/shared"])
+    env: dict[str, str | Secret] = {"DATABASE_URL": f"sqlite:///{db}"}
+
+    def release(version: str, *extra: tuple[Path, str]) -> ReleaseEnv:
+        src = source_of("datasette", version, tmp_path, *extra)
+        return ReleaseEnv(install(admin, "dkdatasette", src, version, tmp_path / "dist",
+                                  app_root), env=env)
+
+    def tables() -> list[str]:
+        out = admin.run(["sqlite3", db, "SELECT name FROM sqlite_master WHERE type = 'table' "
+                         "ORDER BY name"], write=False).stdout
+        return out.split()
+
+    v1 = release("v1")
+    assert tool.state(conn, v1).pending == ("a1b2c3d40001",)
+    first = tool.migrate(v1).run(conn)
+    assert first.status is Status.CHANGED and first.data["ran"] == ["a1b2c3d40001"], \
+        first.message
+    assert tool.migrate(v1).run(conn).status is Status.OK
+    admin.run(["sqlite3", db, "INSERT INTO notes (body) VALUES ('kept')"])
+
+    v2 = release("v2")
+    state = tool.state(conn, v2)
+    assert (state.applied, state.pending) == (("a1b2c3d40001",), ("a1b2c3d40002",))
+    second = tool.migrate(v2).run(conn)
+    assert second.data["ran"] == ["a1b2c3d40002"]
+    back = tool.rollback(v2, 1).run(conn)
+    assert back.status is Status.CHANGED and back.data["ran"] == ["a1b2c3d40002"], back.message
+    assert tool.state(conn, v1).applied == ("a1b2c3d40001",)
+
+    # a failing migration on SQLite: alembic ran its DDL outside a transaction, so the step
+    # says the database needs the pre-deploy backup, and its undo refuses to guess
+    v3 = release("v3", (FIXTURES / "alembic_broken" / "a1b2c3d40003_broken.py",
+                        "migrations/versions/a1b2c3d40003_broken.py"))
+    undo = UndoStack()
+    broken = tool.migrate(v3).run(conn, undo=undo)
+    assert broken.status is Status.FAILED and broken.data["needs_restore"] is True
+    assert "no such table: no_such_table" in broken.message
+    assert "restore the pre-deploy backup" in broken.message
+    undone, failed = undo.unwind(conn)
+    assert undone == [] and len(failed) == 1
+    assert "not transactional here" in failed[0] and "restore the pre-deploy backup" in failed[0]
+    assert admin.run(["sqlite3", db, "SELECT body FROM notes"], write=False).stdout.split() == \
+        ["kept"]
+    assert "notes" in tables()
