@@ -15,13 +15,13 @@ One module per tool:
 
 from __future__ import annotations
 
+from deploykit.tasks.migrations import policy
 from deploykit.tasks.migrations.alembic import (
     AlembicTask,
     alembic_downgrade,
     alembic_migrate,
     parse_alembic_revisions,
 )
-from deploykit.tasks.migrations import policy
 from deploykit.tasks.migrations.command import CommandMigrateTask, command_migrate
 from deploykit.tasks.migrations.sql import MigrateTask, RollbackTask, migrate, rollback
 from deploykit.tasks.migrations.sqlfiles import (
@@ -47,20 +47,18 @@ from deploykit.tasks.migrations.tools import (
 __all__ = [
     "AlembicTask",
     "AlembicTool",
+    "AppliedMigration",
+    "CommandMigrateTask",
     "CommandTool",
     "DjangoTool",
     "FlaskTool",
+    "MigrateTask",
+    "Migration",
     "MigrationState",
     "MigrationTool",
     "ReleaseEnv",
-    "SqlTool",
-    "policy",
-    "tool_for",
-    "AppliedMigration",
-    "CommandMigrateTask",
-    "MigrateTask",
-    "Migration",
     "RollbackTask",
+    "SqlTool",
     "alembic_downgrade",
     "alembic_migrate",
     "command_migrate",
@@ -68,7 +66,9 @@ __all__ = [
     "migrate",
     "parse_alembic_revisions",
     "pending_migrations",
+    "policy",
     "rollback",
     "rollback_targets",
     "sql_error_location",
+    "tool_for",
 ]
