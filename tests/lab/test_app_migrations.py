@@ -18,14 +18,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from psycopg import sql
 
 from deploykit import artifacts, pg
 from deploykit.connection import Connection
+from deploykit.contract import AppContract, load_contract
 from deploykit.result import Status
 from deploykit.secrets import Secret
+from deploykit.shell import quote
 from deploykit.task import UndoStack
-from deploykit.tasks import migrations, releases
+from deploykit.tasks import http, migrations, releases
 from deploykit.tasks.migrations import DjangoTool, ReleaseEnv
 
 pytestmark = pytest.mark.lab
@@ -77,6 +80,30 @@ def install(conn: Connection, app: str, source: Path, version: str, out: Path,
                               timeout=900).run(conn)
     assert result.status is Status.CHANGED, result.message
     return releases.release_dir(app, version, root=root)
+
+
+def contract_of(example: str) -> AppContract:
+    path = EXAMPLES / example / "deploykit.yml"
+    return load_contract(yaml.safe_load(path.read_text()), str(path))
+
+
+def serve(conn: Connection, contract: AppContract, release: ReleaseEnv, port: int,
+          version: str, shared: str) -> int:
+    """Start the contract's web process from ``release`` on ``port`` (in the background,
+    its environment as the contract says); its PID."""
+    web = contract.processes.web
+    assert web is not None
+    values = {"port": port, "release": release.path, "shared": shared, "app": "x",
+              "version": version, "color": "blue"}
+    env = {**release.env, **web.env(**values)}
+    argv = " ".join(quote(a) for a in web.argv(**values))
+    out = conn.run(f"cd {quote(release.path)} && (setsid {argv} </dev/null "
+                   f">/tmp/dkct-app-{port}.log 2>&1 & echo $!)", env=env)
+    return int(out.stdout.strip())
+
+
+def stop(conn: Connection, pid: int) -> None:
+    conn.run(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null || true")
 
 
 # -- Django on PostgreSQL ---------------------------------------------------------------------
@@ -134,6 +161,20 @@ def test_django_migrate_list_apply_rollback_and_a_failing_migration(
         list(state.pending)
     assert tool.migrate(v1).run(conn).status is Status.OK
     rows(admin, database, "INSERT INTO notes_note (title, created) VALUES ('kept', now())")
+
+    # the app answers the contract's health and version checks (Django's own admin page,
+    # the project's /version), with nothing written for deploykit
+    contract = contract_of("django")
+    pid = serve(admin, contract, v1, 8091, "v1", f"{app_root}/dkdjango/shared")
+    try:
+        health = contract.health.task("http://127.0.0.1:8091", via_ssh=True).run(conn)
+        assert health.status is Status.OK, health.message
+        assert contract.version is not None
+        version = contract.version.task("http://127.0.0.1:8091", via_ssh=True,
+                                        version="v1").run(conn)
+        assert version.status is Status.OK, version.message
+    finally:
+        stop(admin, pid)
 
     # v2: one new migration; applied alone, reported, rolled back with v2's own scripts
     v2 = ReleaseEnv(install(admin, "dkdjango", source_of("django", "v2", tmp_path), "v2",
@@ -210,6 +251,23 @@ def test_alembic_on_sqlite_apply_rollback_and_a_failing_migration_asks_for_the_b
         first.message
     assert tool.migrate(v1).run(conn).status is Status.OK
     admin.run(["sqlite3", db, "INSERT INTO notes (body) VALUES ('kept')"])
+
+    # datasette answers the contract's health check (its own /-/versions.json) as it is
+    contract = contract_of("datasette")
+    assert contract.version is None
+    shared = f"{app_root}/dkdatasette/shared"
+    admin.run(["mkdir", "-p", f"{shared}/data"])
+    admin.run(["ln", "-sfn", db, f"{shared}/data/notes.db"])
+    pid = serve(admin, contract, v1, 8092, "v1", shared)
+    try:
+        health = contract.health.task("http://127.0.0.1:8092", via_ssh=True).run(conn)
+        assert health.status is Status.OK, health.message
+        assert health.data["response"]["status"] == 200
+        listed = http.wait_for_task("http://127.0.0.1:8092/notes/notes.json?_shape=array",
+                                    contains="kept", retries=0, via_ssh=True).run(conn)
+        assert listed.status is Status.OK, listed.message
+    finally:
+        stop(admin, pid)
 
     v2 = release("v2")
     state = tool.state(conn, v2)
