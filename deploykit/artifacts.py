@@ -56,6 +56,7 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypedDict, Unpack
 
 from deploykit.errors import ConfigError
 from deploykit.shell import quote
@@ -64,6 +65,7 @@ from deploykit.wheelhouse import build_venv, default_wheelhouse, resolve_wheels,
 __all__ = [
     "EPOCH",
     "Artifact",
+    "BuildOptions",
     "build",
     "check_members",
     "default_wheelhouse",
@@ -406,15 +408,15 @@ def _source(source: str | Path, git_ref: str | None) -> Iterator[Path]:
 
 
 def source_digest(source: str | Path, *, app: str, version: str,
-                  wheelhouse: str | Path | None = None, python_version: str | None = None,
-                  exclude: Sequence[str] = (), steps: Sequence[str] = (),
-                  git_ref: str | None = None, fetch: bool = True) -> str:
+                  **options: Unpack[BuildOptions]) -> str:
     """The SHA-256 of what a build of ``source`` puts in: every shipped file (path, mode,
-    bytes), the version, the wheels (names and sizes) and the build steps."""
-    with _source(source, git_ref) as src:
-        return _inputs(src, app=app, version=version, wheelhouse=wheelhouse,
-                       python_version=python_version, exclude=exclude, steps=steps,
-                       fetch=fetch).digest
+    bytes), the version, the wheels (names and sizes) and the build steps. Options as for
+    :func:`build`."""
+    with _source(source, options.get("git_ref")) as src:
+        return _inputs(src, app=app, version=version, wheelhouse=options.get("wheelhouse"),
+                       python_version=options.get("python_version"),
+                       exclude=options.get("exclude", ()), steps=options.get("steps", ()),
+                       fetch=options.get("fetch", True)).digest
 
 
 def _run_steps(inputs: _Inputs, steps: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
@@ -513,33 +515,28 @@ def build(
                     inputs.digest)
 
 
-def ensure(
-    source: str | Path,
-    *,
-    app: str,
-    version: str,
-    out_dir: str | Path,
-    wheelhouse: str | Path | None = None,
-    python_version: str | None = None,
-    exclude: Sequence[str] = (),
-    steps: Sequence[str] = (),
-    git_ref: str | None = None,
-    fetch: bool = True,
-) -> Artifact:
+class BuildOptions(TypedDict, total=False):
+    """:func:`build`'s options after the source, app, version and out_dir."""
+
+    wheelhouse: str | Path | None
+    python_version: str | None
+    exclude: Sequence[str]
+    steps: Sequence[str]
+    git_ref: str | None
+    fetch: bool
+
+
+def ensure(source: str | Path, *, app: str, version: str, out_dir: str | Path,
+           **options: Unpack[BuildOptions]) -> Artifact:
     """The artifact of ``source`` as it is now: the tarball already built from the same
     inputs (same :func:`source_digest`: reused, its members checked), else a new build.
-    Arguments as for :func:`build`."""
-    with _source(source, git_ref) as src:
-        digest = _inputs(src, app=app, version=version, wheelhouse=wheelhouse,
-                         python_version=python_version, exclude=exclude, steps=steps,
-                         fetch=fetch).digest
+    Options as for :func:`build`."""
+    digest = source_digest(source, app=app, version=version, **options)
     path = Path(out_dir) / _tarball_name(app, version, digest)
     if path.is_file():
         found = Artifact.from_file(path, app=app, version=version)
         return Artifact(app, version, path, found.sha256, found.size, digest)
-    return build(source, app=app, version=version, out_dir=out_dir, wheelhouse=wheelhouse,
-                 python_version=python_version, exclude=exclude, steps=steps, git_ref=git_ref,
-                 fetch=fetch)
+    return build(source, app=app, version=version, out_dir=out_dir, **options)
 
 
 def unpack_migrations(artifact: Artifact, dest: str | Path) -> Path:
