@@ -2,7 +2,6 @@
 
 from django.contrib import admin
 from django.urls import path
-
 from notes import views
 
 urlpatterns = [
