@@ -293,3 +293,43 @@ def test_alembic_on_sqlite_apply_rollback_and_a_failing_migration_asks_for_the_b
     assert admin.run(["sqlite3", db, "SELECT body FROM notes"], write=False).stdout.split() == \
         ["kept"]
     assert "notes" in tables()
+
+
+# -- deploykit's SQL files through the same interface -------------------------------------------
+
+
+def test_sql_tool_lists_applies_rolls_back_and_runs_older_code_over_expand_migrations(
+        conn: Connection, admin: Connection, django_db: tuple[str, Secret],
+        tmp_path: Path) -> None:
+    database, _ = django_db
+    newer = ReleaseEnv("/srv/unused", source=FIXTURES / "migrations")
+    tool = migrations.tool_for(SimpleNamespace(tool="sql", directory="basic"),
+                               database=database)
+    assert tool.state(conn, newer).pending == ("0001_create_accounts", "0002_add_email",
+                                               "0003_create_orders")
+    first = tool.migrate(newer).run(conn)
+    assert first.status is Status.CHANGED and first.data["ran"] == [
+        "0001_create_accounts", "0002_add_email", "0003_create_orders"]
+    assert tool.state(conn, newer) == migrations.MigrationState(
+        ("0001_create_accounts", "0002_add_email", "0003_create_orders"), ())
+
+    # v1 = the first two migrations: refused by default, allowed once judged expand-only
+    older_dir = tmp_path / "v1" / "basic"
+    older_dir.mkdir(parents=True)
+    for f in (FIXTURES / "migrations" / "basic").glob("000[12]_*.sql"):
+        shutil.copy(f, older_dir / f.name)
+    older = ReleaseEnv("/srv/unused", source=tmp_path / "v1")
+    refused = tool.migrate(older).run(conn)
+    assert refused.status is Status.FAILED
+    assert "the database has migrations this directory does not" in refused.message
+    verdict = migrations.policy.judge(applied=tool.state(conn, newer).applied,
+                                      known=["0001_create_accounts", "0002_add_email"],
+                                      kinds={"0003_create_orders": "expand"})
+    assert verdict.allowed
+    tolerant = migrations.tool_for(SimpleNamespace(tool="sql", directory="basic"),
+                                   database=database, allow_newer=verdict.allowed)
+    assert tolerant.migrate(older).run(conn).status is Status.OK
+
+    back = tool.rollback(newer, 1).run(conn)
+    assert back.status is Status.CHANGED and back.data["ran"] == ["0003_create_orders"]
+    assert tool.state(conn, newer).pending == ("0003_create_orders",)

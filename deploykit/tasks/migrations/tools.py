@@ -616,14 +616,16 @@ TOOLS: dict[str, type[MigrationTool]] = {t.name: t for t in
 
 
 def tool_for(spec: Any, *, engine: str = "postgres", database: str | None = None,
-             settings: PgSettings | None = None) -> MigrationTool:
+             settings: PgSettings | None = None, allow_newer: bool = False) -> MigrationTool:
     """The tool a contract's ``migrate`` section names (a :class:`deploykit.contract.Migrate`
     or any object with the same attributes).
 
     ``transactional`` defaults by tool and engine: PostgreSQL DDL is transactional for
     every tool; on SQLite, Django's migrations are atomic but alembic/Flask-Migrate's
     are not (alembic turns transactional DDL off for SQLite); a ``command`` tool is
-    taken as not transactional unless the contract says so.
+    taken as not transactional unless the contract says so. ``allow_newer`` (sql): the
+    database may hold migrations newer than the release (expand ones, once
+    :func:`deploykit.tasks.migrations.policy.judge` allowed older code over them).
     """
     tool = getattr(spec, "tool", None)
     if tool not in TOOLS:
@@ -636,7 +638,8 @@ def tool_for(spec: Any, *, engine: str = "postgres", database: str | None = None
         if not database:
             raise ConfigError("migrate tool sql needs database.name (PostgreSQL only)")
         return SqlTool(database=database, directory=getattr(spec, "directory", "migrations"),
-                       settings=settings, allow_newer=bool(getattr(spec, "allow_newer", False)))
+                       settings=settings,
+                       allow_newer=allow_newer or bool(getattr(spec, "allow_newer", False)))
     if tool == "django":
         return DjangoTool(manage=getattr(spec, "manage", "manage.py"),
                           transactional=transactional, timeout=timeout)
