@@ -402,7 +402,7 @@ SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AppContract
 _CHECK_DOCS = {
     "path": "URL path requested on the colour", "status": "accepted statuses (200 or a list)",
     "json_field": "a dotted JSON path that must exist (datasette.version)",
-    "json_value": "health: the value json_field must have",
+    "json_value": "the value json_field must have (absent: any value)",
     "body_pattern": "a regular expression the body must match (version: with {version})",
     "retries": "attempts after the first", "interval": "seconds between attempts",
     "timeout": "seconds per attempt",
@@ -528,7 +528,10 @@ def _fields(cls: Any) -> list[dataclasses.Field[Any]]:
     """The keys of a section (the checks' own ``key`` attribute is not one)."""
     checks = (isinstance(cls, type) and issubclass(cls, HttpCheck)) or \
         isinstance(cls, HttpCheck)
-    return [f for f in dataclasses.fields(cls) if f.init and not (checks and f.name == "key")]
+    version = (isinstance(cls, type) and issubclass(cls, VersionCheck)) or \
+        isinstance(cls, VersionCheck)
+    return [f for f in dataclasses.fields(cls) if f.init and not (checks and f.name == "key")
+            and not (version and f.name == "json_value")]
 
 
 def _plain(value: Any) -> Any:

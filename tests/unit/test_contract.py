@@ -165,3 +165,10 @@ def test_the_examples_deploykit_yml_follow_the_contract(example: str) -> None:
     assert c.migrate.tool is not None and c.database is not None
     migrations.tool_for(c.migrate, engine=c.database.engine, database=c.database.name)
     assert c.processes.web is not None
+
+
+def test_the_version_check_has_no_expected_value_key() -> None:
+    listed = {k.key for k in contract.keys()}
+    assert "health.json_value" in listed and "version.json_value" not in listed
+    with pytest.raises(ConfigError, match=r"version: unknown key 'json_value'"):
+        load_contract({"version": {"json_field": "v", "json_value": "1"}})
