@@ -333,3 +333,45 @@ def test_sql_tool_lists_applies_rolls_back_and_runs_older_code_over_expand_migra
     back = tool.rollback(newer, 1).run(conn)
     assert back.status is Status.CHANGED and back.data["ran"] == ["0003_create_orders"]
     assert tool.state(conn, newer).pending == ("0003_create_orders",)
+
+
+# -- a team's own tool, given as commands ---------------------------------------------------------
+
+
+def test_command_tool_with_up_down_pending_and_a_failure_it_cannot_undo(
+        conn: Connection, admin: Connection) -> None:
+    home = f"/srv/dkct-tool-{uuid.uuid4().hex[:8]}"
+    admin.run(["mkdir", "-p", f"{home}/migrations"])
+    admin.put(FIXTURES / "migrations" / "tool" / "migrate-tool.sh", f"{home}/migrate-tool",
+              mode=0o755)
+    for name in ("0001_users", "0002_avatars"):
+        admin.put(f'echo {name} >> "$TOOL_HOME/effects"\n', f"{home}/migrations/{name}.sh")
+    spec = SimpleNamespace(tool="command", up="./migrate-tool apply",
+                           down="./migrate-tool rollback",
+                           pending="./migrate-tool status | sed -n 's/^Pending //p'",
+                           applied="./migrate-tool status | sed -n 's/^Ran  *//p'")
+    tool = migrations.tool_for(spec)
+    assert not tool.transactional
+    release = ReleaseEnv(home, env={"TOOL_HOME": home})
+    try:
+        assert tool.state(conn, release) == migrations.MigrationState(
+            (), ("0001_users", "0002_avatars"))
+        first = tool.migrate(release).run(conn)
+        assert first.status is Status.CHANGED and first.data["ran"] == ["0001_users",
+                                                                        "0002_avatars"]
+        assert tool.migrate(release).run(conn).status is Status.OK
+        back = tool.rollback(release, 1).run(conn)
+        assert back.status is Status.CHANGED and back.data["ran"] == ["0002_avatars"]
+
+        admin.put('echo half >> "$TOOL_HOME/effects"; exit 1\n',
+                  f"{home}/migrations/0003_bad.sh")
+        undo = UndoStack()
+        failed = tool.migrate(release).run(conn, undo=undo)
+        assert failed.status is Status.FAILED and failed.data["needs_restore"] is True
+        assert failed.data["ran"] == ["0002_avatars"]
+        assert "applied before the failure: 0002_avatars" in failed.message
+        assert "restore the pre-deploy backup" in failed.message
+        _, not_undone = undo.unwind(conn)
+        assert len(not_undone) == 1 and "restore the pre-deploy backup" in not_undone[0]
+    finally:
+        admin.run(["rm", "-rf", "--", home])
