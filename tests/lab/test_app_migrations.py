@@ -375,3 +375,26 @@ def test_command_tool_with_up_down_pending_and_a_failure_it_cannot_undo(
         assert len(not_undone) == 1 and "restore the pre-deploy backup" in not_undone[0]
     finally:
         admin.run(["rm", "-rf", "--", home])
+
+
+# -- Flask-Migrate ------------------------------------------------------------------------------
+
+
+def test_flask_migrate_lists_applies_and_rolls_back(conn: Connection, admin: Connection,
+                                                    app_root: str, tmp_path: Path) -> None:
+    source = tmp_path / "flaskapp"
+    shutil.copytree(FIXTURES / "flaskapp", source,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    release = ReleaseEnv(install(admin, "dkflask", source, "v1", tmp_path / "dist", app_root),
+                         env={"DATABASE_URL": f"sqlite:///{app_root}/flask.db"})
+    tool = migrations.tool_for(SimpleNamespace(tool="flask", app="app"), engine="sqlite")
+    assert isinstance(tool, migrations.FlaskTool) and not tool.transactional
+    assert tool.state(conn, release).pending == ("f1a5c0000001", "f1a5c0000002")
+    first = tool.migrate(release).run(conn)
+    assert first.status is Status.CHANGED, first.message
+    assert first.data["ran"] == ["f1a5c0000001", "f1a5c0000002"]
+    assert tool.migrate(release).run(conn).status is Status.OK
+    back = tool.rollback(release, 1).run(conn)
+    assert back.status is Status.CHANGED and back.data["ran"] == ["f1a5c0000002"], back.message
+    assert tool.state(conn, release) == migrations.MigrationState(
+        ("f1a5c0000001",), ("f1a5c0000002",), ("f1a5c0000001",))
