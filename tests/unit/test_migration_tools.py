@@ -11,14 +11,13 @@ import pytest
 from deploykit.errors import ConfigError, TaskError
 from deploykit.tasks import migrations
 from deploykit.tasks.migrations import policy
+from deploykit.tasks.migrations.base import MigrationState, ReleaseEnv
 from deploykit.tasks.migrations.sqlfiles import AppliedMigration, load_migrations
 from deploykit.tasks.migrations.tools import (
     AlembicTool,
     CommandTool,
     DjangoTool,
     FlaskTool,
-    MigrationState,
-    ReleaseEnv,
     parse_alembic_history,
     parse_django_plan,
 )

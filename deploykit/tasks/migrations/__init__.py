@@ -6,7 +6,8 @@ One module per tool:
   run from the controller through an SSH port forward: :func:`migrate`, :func:`rollback`;
 * :mod:`.alembic` — :func:`alembic_migrate`, :func:`alembic_downgrade`;
 * :mod:`.command` — :func:`command_migrate`, any tool with a status command;
-* :mod:`.tools` — the app contract's ``migrate:`` section as one interface for every tool
+* :mod:`.base`, :mod:`.hoststeps`, :mod:`.tools` — the app contract's ``migrate:`` section
+  as one interface for every tool
   (``sql | alembic | django | flask | command``): list pending, apply with the release's
   environment, roll back N with the release that applied them, report what ran
   (:func:`tool_for`);
@@ -22,6 +23,7 @@ from deploykit.tasks.migrations.alembic import (
     alembic_migrate,
     parse_alembic_revisions,
 )
+from deploykit.tasks.migrations.base import MigrationState, MigrationTool, ReleaseEnv
 from deploykit.tasks.migrations.command import CommandMigrateTask, command_migrate
 from deploykit.tasks.migrations.sql import MigrateTask, RollbackTask, migrate, rollback
 from deploykit.tasks.migrations.sqlfiles import (
@@ -37,9 +39,6 @@ from deploykit.tasks.migrations.tools import (
     CommandTool,
     DjangoTool,
     FlaskTool,
-    MigrationState,
-    MigrationTool,
-    ReleaseEnv,
     SqlTool,
     tool_for,
 )
