@@ -72,7 +72,8 @@ from deploykit.strategies.base import (
 from deploykit.strategies.phases import PhaseRunner, first_failure
 from deploykit.tasks import http, migrations, nginx, postgres, redis, releases
 
-__all__ = ["COLORS", "BlueGreen", "BlueGreenStrategy", "DeployOutcome", "Outcome", "deploy",
+__all__ = ["COLORS", "BlueGreen", "BlueGreenStrategy", "DeployOutcome", "Outcome",
+           "database_hook", "deploy",
            "make_runtime", "open_context", "other", "repair", "rollback"]
 
 BlueGreen = ReleaseSpec
@@ -168,7 +169,7 @@ class BlueGreenStrategy(Strategy):
     def prepare(self, ctx: StrategyContext, fleet: FleetState, idle: str) -> str | None:
         """install -> post_install -> start -> health gate on ``idle``; on a failure
         the idle colour is put back (see the module docstring) and the reason returned."""
-        run = self._run(ctx)
+        run = self.runner_for(ctx)
         runtime = ctx.runtime
         part = run.run(Phase.INSTALL, runtime.install_steps(idle), color=idle)
         if part.failed:  # the install's own fleet-wide undo put the idle colour back
@@ -221,7 +222,7 @@ class BlueGreenStrategy(Strategy):
                 f"http://{{address}}{spec.version_path}", n=spec.verify_requests,
                 concurrency=4, max_error_rate=0.0, max_p95=spec.latency_budget_ms / 1000,
                 max_duration=60.0, name="verify: latency through nginx")))
-        suite = self._run(ctx).suite_step("post_switch", color, spec.ports[color])
+        suite = self.runner_for(ctx).suite_step("post_switch", color, spec.ports[color])
         if suite is not None:
             if isinstance(runtime, ReleaseRuntime):  # what it verifies includes current
                 steps.append(releases.switch(runtime.app, runtime.release_id))
@@ -230,7 +231,7 @@ class BlueGreenStrategy(Strategy):
 
     def verify(self, ctx: StrategyContext, color: str) -> bool:
         """Verify the live ``color`` through nginx (a release left unverified)."""
-        part = self._run(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color), undo="none",
+        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color), undo="none",
                                   color=color)
         return not part.failed
 
@@ -238,7 +239,7 @@ class BlueGreenStrategy(Strategy):
         """``verified`` in the ledger, the runtime's finish (current link, pruning), the
         replaced release ``rolled_back`` when rolling back; then after the grace period
         ``previous`` stopped."""
-        run = self._run(ctx)
+        run = self.runner_for(ctx)
         steps = ctx.runtime.ledger_steps(ReleaseState.VERIFIED, color=color,
                                          deploy_id=ctx.deploy_id, rollback=self.rolling_back)
         run.run(Phase.FINISH, steps + ctx.runtime.finish_steps(color), undo="none",
@@ -254,7 +255,7 @@ class BlueGreenStrategy(Strategy):
         routes to the old colour again, stop ``idle``; a host still routing to ``idle``
         (its switch-back failed) or unreachable keeps it. With ``mark`` (the release
         failed verification) the release is recorded ``failed`` wherever reachable."""
-        run = self._run(ctx)
+        run = self.runner_for(ctx)
         runtime = ctx.runtime
         back: list[Host] = []
         for host in ctx.web:
@@ -276,7 +277,8 @@ class BlueGreenStrategy(Strategy):
 
     # -- the pieces ------------------------------------------------------------------------
 
-    def _run(self, ctx: StrategyContext) -> PhaseRunner:
+    def runner_for(self, ctx: StrategyContext) -> PhaseRunner:
+        """The :class:`PhaseRunner` of this strategy's run over ``ctx``."""
         if self.phases is None or self.phases.ctx is not ctx:
             self.phases = PhaseRunner(ctx)
         return self.phases
@@ -421,11 +423,11 @@ class BlueGreenStrategy(Strategy):
 @contextmanager
 def open_context(spec: ReleaseSpec | ComposeSpec, web: Sequence[Host], db: Host | None, *,
                  deploy_id: str, check: bool = False, reporter: Reporter | None = None,
-                 forks: int = 10, runtime: Runtime | None = None
+                 forks: int = 10, runtime: Runtime | None = None, extra: Sequence[Host] = ()
                  ) -> Iterator[StrategyContext | DeployError]:
-    """Open one connection per host and yield a context over them (closed after), or the
-    first connection error."""
-    hosts = list(web) + ([db] if db is not None else [])
+    """Open one connection per host (``web``, ``db`` and ``extra``: a balancer) and yield a
+    context over them (closed after), or the first connection error."""
+    hosts = list(web) + [h for h in (db, *extra) if h is not None and h not in web]
     opened = connect_all(hosts)
     conns = {n: c for n, c in opened.items() if isinstance(c, Connection)}
     try:
@@ -440,8 +442,8 @@ def open_context(spec: ReleaseSpec | ComposeSpec, web: Sequence[Host], db: Host 
             conn.close()
 
 
-def database_hook(strategy: BlueGreenStrategy, spec: ReleaseSpec | ComposeSpec,
-                  db: Host) -> Callable[[StrategyContext], None]:
+def database_hook(runner: Callable[[StrategyContext], PhaseRunner],
+                  spec: ReleaseSpec | ComposeSpec, db: Host) -> Callable[[StrategyContext], None]:
     """The library's ``post_install``: the database exists, ``SELECT 1``, Redis ``PING``,
     then the artifact's SQL migrations (a phase ``database`` on ``db``)."""
     def hook(ctx: StrategyContext) -> None:
@@ -457,8 +459,7 @@ def database_hook(strategy: BlueGreenStrategy, spec: ReleaseSpec | ComposeSpec,
             if migrations.load_migrations(directory):
                 steps.append(migrations.migrate(directory, database=spec.database,
                                                 deploy_id=ctx.deploy_id))
-            part = strategy._run(ctx).run("database", steps, [db], undo="host",
-                                          checkpoint=False)
+            part = runner(ctx).run("database", steps, [db], undo="host", checkpoint=False)
         if part.failed:
             raise DeployError(f"database phase failed: {first_failure(part)}")
     return hook
@@ -484,7 +485,7 @@ def deploy(plan: ReleaseSpec | ComposeSpec, web: Sequence[Host], db: Host | None
         if isinstance(ctx, DeployError):
             return _unreachable(ctx, deploy_id)
         if db is not None and isinstance(plan, ReleaseSpec) and plan.database:
-            ctx.post_install = database_hook(strategy, plan, db)
+            ctx.post_install = database_hook(strategy.runner_for, plan, db)
         return strategy.run(ctx)
 
 
