@@ -184,7 +184,8 @@ class ReleaseRuntime(Runtime):
                 releases.install(spec.app, spec.artifact, shared_files=()),
                 files.symlink(f"{rdir}/.env", spec.env_path, force=True,
                               name=f"link {spec.release_id}/.env"),
-                releases.switch(spec.app, spec.release_id, link=color)]
+                # an explicit deploy may bring back a release once marked failed
+                releases.switch(spec.app, spec.release_id, link=color, allow_failed=True)]
 
     def start_steps(self, color: str) -> StepList:
         spec = self.spec
@@ -233,7 +234,7 @@ class ReleaseRuntime(Runtime):
         steps: StepList = list(self.stop_steps(color)) if found is not None \
             and found.running is not None else []
         if held is not None and held != spec.release_id:
-            steps.append(releases.switch(spec.app, held, link=color,
+            steps.append(releases.switch(spec.app, held, link=color, allow_failed=True,
                                          name=f"{color} back to {held}"))
         if spec.release_id not in before.installed:
             if held is None:
@@ -262,4 +263,6 @@ class ReleaseRuntime(Runtime):
             env=self.spec.env_path if release == self.release_id else None)]
         if state == ReleaseState.FAILED:  # the release directory's own mark, for `status`
             steps.append(releases.mark_failed(self.app, release, reason=reason or "failed"))
+        elif state == ReleaseState.VERIFIED:  # verified now: no longer marked failed
+            steps.append(releases.mark_ok(self.app, release))
         return steps

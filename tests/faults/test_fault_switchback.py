@@ -35,6 +35,7 @@ from faultkit import Faults, StepWire
 from deploykit import pg
 from deploykit.artifacts import Artifact, build
 from deploykit.connection import Connection
+from deploykit.errors import ConfigError
 from deploykit.inventory import Host, Inventory
 from deploykit.secrets import Secret
 from deploykit.strategies import bluegreen
@@ -262,3 +263,21 @@ def test_redeploying_the_live_release_never_restarts_it_ungated(story: Fleet) ->
         # either nothing restarted, or the deploy went through the idle colour
         assert story.color(host) == "green" or story.pid(host, "blue") == pids[host], \
             f"{host}: the serving program was restarted in place, ungated"
+
+
+def test_rollback_restores_the_previous_release_with_its_own_env_file(story: Fleet) -> None:
+    import hashlib
+    served_env = hashlib.sha256(story.env.reveal().encode()).hexdigest()
+    assert {story.live_env_sha(h) for h in WEB} == {served_env}  # v2, as deployed last
+    newer = story.deploy("v1", header="# v1's own environment\n")
+    assert newer.result == "deployed", newer.message
+    assert {story.live_env_sha(h) for h in WEB} != {served_env}
+
+    back = bluegreen.rollback(story.plan("v1"), story.web, deploy_id="test-sb-rollback")
+    assert back.result == "deployed", back.message
+    for host in WEB:
+        assert story.serving(host) == (200, "v2")
+        assert story.live_env_sha(host) == served_env  # v2's environment, as it served
+    with pytest.raises(ConfigError, match="never passed verification"):
+        bluegreen.rollback(story.plan("v1"), story.web, deploy_id="test-sb-to",
+                           to="v4-slow")
