@@ -180,6 +180,12 @@ class ComposeRuntime(Runtime):
         self.ledger_path = f"{compose.COMPOSE_ROOT}/{spec.app}.{ledger.LEDGER_FILE}"
         self._held: dict[tuple[str, str], ComposeRelease] = {}
 
+    @classmethod
+    def reader(cls, app: str, ports: Mapping[str, int] | None = None) -> ComposeRuntime:
+        """A runtime for reading hosts only (``inspect``, the ledger), with no release."""
+        return cls(ComposeSpec(app, ComposeRelease("none", {}), {},
+                               ports=ports or {"blue": 8001, "green": 8002}))
+
     @property
     def release_id(self) -> str:
         return self.spec.release_id

@@ -134,6 +134,16 @@ class ReleaseRuntime(Runtime):
         self.app = spec.app
         self.ledger_path = f"{releases.DEFAULT_ROOT}/{spec.app}/{ledger.LEDGER_FILE}"
 
+    @classmethod
+    def reader(cls, app: str, ports: Mapping[str, int] | None = None) -> ReleaseRuntime:
+        """A runtime for reading hosts only (``inspect``, the ledger: ``status``,
+        ``verify``, choosing a rollback target), with no artifact to deploy."""
+        placeholder = Artifact(app, "none", Path("(no artifact)"), "0" * 64, 0)
+        spec = ReleaseSpec(app, placeholder, None,
+                           ports=ports or {"blue": 8001, "green": 8002},
+                           env_file=f"{releases.DEFAULT_ROOT}/{app}/env/none.env")
+        return cls(spec)
+
     @property
     def release_id(self) -> str:
         return self.spec.release_id

@@ -51,6 +51,7 @@ from deploykit.connection import Connection, connect_all
 from deploykit.errors import DeployError
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
+from deploykit.result import RunReport
 from deploykit.runner import step
 from deploykit.runtimes import ledger
 from deploykit.runtimes.compose import ComposeRuntime, ComposeSpec
@@ -58,6 +59,7 @@ from deploykit.runtimes.release import ReleaseRuntime, ReleaseSpec
 from deploykit.strategies.base import (
     COLORS,
     DeployOutcome,
+    EventKind,
     FleetState,
     HostOutcome,
     Outcome,
@@ -290,11 +292,27 @@ class BlueGreenStrategy(Strategy):
         steps = self.switch_steps(ctx, idle, site_first=active is not None) \
             + self.verify_steps(ctx, idle)
         part = run.run(Phase.SWITCH, steps, color=idle)
+        names = [h.name for h in ctx.web]
         if part.failed:
             mark = any(r.failed and r.task.startswith("verify:")
                        for h in part.hosts.values() for r in h.results)
+            if mark:
+                ctx.emit(Phase.VERIFY, EventKind.FAILED, hosts=names, color=idle,
+                         detail=first_failure(part))
             hosts = self.after_failure(ctx, idle, mark=mark)
             return self._rolled_back(run, hosts, idle, active, part)
+        try:  # subscribers (post_switch hooks) may still reject the release
+            ctx.emit(Phase.VERIFY, EventKind.FINISHED, hosts=names, color=idle)
+        except DeployError as exc:
+            run.fail_host(names[0] if names else "?", "verify: after the switch", str(exc))
+            if active is not None:
+                run.run(Phase.AFTER_FAILURE, [nginx.switch(
+                    ctx.runtime.app, active, colors=ctx.runtime.spec.ports,
+                    name=f"nginx: traffic back to {active}")], undo="none", color=active,
+                    checkpoint=False)
+            hosts = self.after_failure(ctx, idle, mark=True)
+            return self._rolled_back(run, hosts, idle, active, run.report,
+                                     why=f"rejected after the switch: {exc}")
         self.finish(ctx, idle, active)
         previous = fleet.hosts[ctx.web[0].name].active_release if ctx.web else None
         if self.rolling_back and previous is not None and previous != release:
@@ -306,9 +324,10 @@ class BlueGreenStrategy(Strategy):
                                                             if active else ""))
 
     def _rolled_back(self, run: PhaseRunner, hosts: dict[str, HostOutcome], idle: str,
-                     active: str | None, part: object) -> DeployOutcome:
-        release = self.phases.ctx.runtime.release_id if self.phases else "?"
-        why = first_failure(part)  # type: ignore[arg-type]
+                     active: str | None, part: RunReport, why: str | None = None
+                     ) -> DeployOutcome:
+        release = run.ctx.runtime.release_id
+        why = why or first_failure(part)
         stuck = [o for o in hosts.values() if o.color == idle or not o.reachable]
         if not stuck:
             where = f"traffic switched back to {active or 'nothing'}"
@@ -467,7 +486,6 @@ def database_hook(runner: Callable[[StrategyContext], PhaseRunner],
 
 
 def _unreachable(error: DeployError, deploy_id: str) -> DeployOutcome:
-    from deploykit.result import RunReport
     report = RunReport(run_id=deploy_id)
     report.mark_unreachable(error.host or "?", str(error))
     report.finish()

@@ -619,6 +619,16 @@ class CanaryStrategy(Strategy):
         return _Canary(self.canary(ctx), ctx, traffic=self.traffic,
                        pause=self.pause).resume(full)
 
+    def status(self, ctx: StrategyContext) -> tuple[str, str, int]:
+        """``(stable colour, canary colour, canary weight %)`` of a canary of
+        ``ctx.runtime``'s release in progress; raises DeployError when there is none or the
+        hosts disagree."""
+        run = _Canary(self.canary(ctx), ctx)
+        stable = run.inspect()
+        if stable is None:
+            raise DeployError(f"no colour of {ctx.runtime.app} serves traffic: no canary")
+        return stable, other(stable), run.current_weight(stable, other(stable))
+
     def abort(self, ctx: StrategyContext) -> CanaryOutcome:
         """Roll a paused canary back (the release is not marked failed)."""
         return _Canary(self.canary(ctx), ctx).abort()
