@@ -48,7 +48,7 @@ pytestmark = pytest.mark.lab
 
 APP = "sampleapp"
 WEB = ("web-1", "web-2")
-CONF_D = "/etc/nginx/conf.d"
+NGINX_STATE = "/etc/nginx/deploykit"  # where nginx changes are staged
 SUPERVISOR = "/etc/supervisor/supervisord.conf"
 
 
@@ -128,7 +128,7 @@ def story(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str], Co
                     app_env(db, APP), faults, lab_connection)
     finally:
         for host in WEB:
-            faults.unfill(host, CONF_D)
+            faults.unfill(host, NGINX_STATE)
             faults.heal(host)
         lab.reset()
         with pg.connect(lab_connection("db-1")) as conn:
@@ -141,11 +141,11 @@ def test_a_switch_back_that_fails_on_one_host_leaves_that_host_serving(story: Fl
     env_before = {h: story.live_env_sha(h) for h in WEB}
 
     wire = StepWire().before("web-2", r"^verify: latency",
-                             lambda: story.faults.fill("web-2", CONF_D))
+                             lambda: story.faults.fill("web-2", NGINX_STATE))
     try:
         outcome = story.deploy("v4-slow", header="# a new environment\n", reporter=wire)
     finally:
-        story.faults.unfill("web-2", CONF_D)
+        story.faults.unfill("web-2", NGINX_STATE)
     wire.assert_fired()
     assert outcome.result == "rolled_back", outcome.message
     # web-1 is back on blue/v2; web-2 could not be switched back and still serves
