@@ -180,10 +180,7 @@ class ComposeRuntime(Runtime):
     spec: ComposeSpec
 
     def __init__(self, spec: ComposeSpec) -> None:
-        self.spec = spec
-        self.plan = spec
-        self.app = spec.app
-        self.ledger_path = f"{compose.COMPOSE_ROOT}/{spec.app}.{ledger.LEDGER_FILE}"
+        super().__init__(spec, f"{compose.COMPOSE_ROOT}/{spec.app}.{ledger.LEDGER_FILE}")
         self._held: dict[tuple[str, str], ComposeRelease] = {}
 
     @classmethod
@@ -191,10 +188,6 @@ class ComposeRuntime(Runtime):
         """A runtime for reading hosts only (``inspect``, the ledger), with no release."""
         return cls(ComposeSpec(app, ComposeRelease("none", {}), {},
                                ports=ports or {"blue": 8001, "green": 8002}))
-
-    @property
-    def release_id(self) -> str:
-        return self.spec.release_id
 
     @property
     def version(self) -> str:

@@ -129,10 +129,7 @@ class ReleaseRuntime(Runtime):
     spec: ReleaseSpec
 
     def __init__(self, spec: ReleaseSpec) -> None:
-        self.spec = spec
-        self.plan = spec
-        self.app = spec.app
-        self.ledger_path = f"{releases.DEFAULT_ROOT}/{spec.app}/{ledger.LEDGER_FILE}"
+        super().__init__(spec, f"{releases.DEFAULT_ROOT}/{spec.app}/{ledger.LEDGER_FILE}")
 
     @classmethod
     def reader(cls, app: str, ports: Mapping[str, int] | None = None) -> ReleaseRuntime:
@@ -143,10 +140,6 @@ class ReleaseRuntime(Runtime):
                            ports=ports or {"blue": 8001, "green": 8002},
                            env_file=f"{releases.DEFAULT_ROOT}/{app}/env/none.env")
         return cls(spec)
-
-    @property
-    def release_id(self) -> str:
-        return self.spec.release_id
 
     @property
     def version(self) -> str:
