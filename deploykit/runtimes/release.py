@@ -185,6 +185,7 @@ class ReleaseRuntime(Runtime):
         spec = self.spec
         rdir = releases.release_dir(spec.app, spec.release_id)
         return [*self.env_steps(),
+                *self.shared_env_steps(first=True),
                 releases.install(spec.app, spec.artifact, shared_files=()),
                 files.symlink(f"{rdir}/.env", spec.env_path, force=True,
                               name=f"link {spec.release_id}/.env"),
@@ -253,23 +254,27 @@ class ReleaseRuntime(Runtime):
                 *self.shared_env_steps(),
                 releases.cleanup(spec.app, keep=spec.keep_releases)]
 
-    def shared_env_steps(self) -> StepList:
+    def shared_env_steps(self, *, first: bool = False) -> StepList:
         """``shared/.env``: a copy of the live release's environment file for people and
-        tools (``invoke verify`` suites), written only once the release is verified. No
-        program reads it: a colour reads its release's own file."""
+        tools (``invoke verify`` suites), written once the release is verified (``first``:
+        at install, only when there is none yet). No program reads it: a colour reads its
+        release's own file."""
         spec = self.spec
         shared = f"{releases.DEFAULT_ROOT}/{spec.app}/shared"
         owner = spec.env_owner or spec.app_user
         directory = files.directory(shared, mode=0o755, recursive=True)
+        copy = ["install", "-m", f"{spec.env_mode:o}", "-o", owner, "-g", spec.app_user,
+                spec.env_path, f"{shared}/.env"]
+        if first:
+            return [directory, system.command(copy, creates=f"{shared}/.env",
+                                              name="shared .env: the first release's")]
         if spec.env is not None:
             env = spec.env if isinstance(spec.env, Secret) else Secret(spec.env)
             return [directory, files.file(f"{shared}/.env", env, mode=spec.env_mode,
                                           owner=owner, group=spec.app_user,
                                           name="shared .env: the live one")]
         return [directory, system.command(
-            ["install", "-m", f"{spec.env_mode:o}", "-o", owner, "-g", spec.app_user,
-             spec.env_path, f"{shared}/.env"],
-            unless=f"cmp -s {quote(spec.env_path)} {quote(shared + '/.env')}",
+            copy, unless=f"cmp -s {quote(spec.env_path)} {quote(shared + '/.env')}",
             name="shared .env: the live one")]
 
     def check_steps(self, color: str) -> StepList:
