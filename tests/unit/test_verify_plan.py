@@ -19,14 +19,10 @@ import pytest
 from deploykit.artifacts import Artifact
 from deploykit.errors import ConfigError
 from deploykit.inventory import Inventory
-from deploykit.report import NullReporter
-from deploykit.strategies.bluegreen import BlueGreen, _Deploy
-from deploykit.strategies.rolling import Rolling, _Rolling
-from deploykit.tasks.releases import SwitchTask
+from deploykit.strategies.bluegreen import BlueGreen
 from deploykit.verify import (
     DeployContext,
     HostVerification,
-    SuiteTask,
     TestOutcome,
     Verification,
     inventory_data,
@@ -80,50 +76,7 @@ def artifact(tmp_path: Path) -> Artifact:
 # -- the gates' places -------------------------------------------------------------------------
 
 
-def test_bluegreen_gates_come_after_the_health_gate_and_after_verification(
-        tmp_path: Path, suite: Path) -> None:
-    plan = BlueGreen("shop", artifact(tmp_path), "X=1\n", verify_suite=str(suite))
-    run = _Deploy(plan, [], None, deploy_id="t", check=False, reporter=NullReporter(), forks=2)
-
-    prepare = run.prepare_steps("green", gate=True)
-    assert [getattr(s, "name", "") for s in prepare[-2:]] == [
-        "health gate: green /health", "verify: suite pre_switch on green"]
-    pre = prepare[-1]
-    assert isinstance(pre, SuiteTask) and pre.marker == "pre_switch"
-    assert pre.context == DeployContext(app="shop", version="v2", release="v2", color="green",
-                                        port=8002, program="shop-green", phase="pre_switch")
-    assert not any(isinstance(s, SuiteTask) for s in run.prepare_steps("green", gate=False))
-
-    switch = run.switch_steps("green", verify=True)
-    current, post = switch[-2:]
-    assert isinstance(current, SwitchTask) and current.name == "releases.switch shop current -> v2"
-    assert isinstance(post, SuiteTask) and post.marker == "post_switch"
-    assert post.context.phase == "post_switch" and post.context.color == "green"
-    assert post.name.startswith("verify:")  # a failure marks the release failed, as verify does
-    assert not any(isinstance(s, SuiteTask) for s in run.switch_steps("green", verify=False))
-
-
-def test_without_a_suite_the_steps_are_unchanged(tmp_path: Path) -> None:
-    plan = BlueGreen("shop", artifact(tmp_path), "X=1\n")
-    run = _Deploy(plan, [], None, deploy_id="t", check=False, reporter=NullReporter(), forks=2)
-    assert not any(isinstance(s, SuiteTask) for s in run.prepare_steps("blue", gate=True))
-    # current moves in the finish phase, as before
-    assert not any(isinstance(s, SuiteTask | SwitchTask)
-                   for s in run.switch_steps("blue", verify=True))
-
-
-def test_rolling_gates_each_host_before_it_serves(tmp_path: Path, suite: Path) -> None:
-    plan = Rolling("shop", artifact(tmp_path), "X=1\n", port=8000, verify_suite=str(suite))
-    assert plan.as_bluegreen().verify_suite == str(suite)
-    run = _Rolling(plan, [], None, None, deploy_id="t", check=False, reporter=NullReporter(),
-                   forks=2)
-    last = run.host_steps()[-1]
-    assert isinstance(last, SuiteTask) and last.context == DeployContext(
-        app="shop", version="v2", release="v2", color=None, port=8000, program="shop",
-        phase="pre_switch")
-    assert not any(isinstance(s, SuiteTask) for s in run.host_steps(gate=False))
-    env = run.env_steps()[-1]
-    assert (env.mode, env.owner, env.group) == (0o600, "www-data", "www-data")  # type: ignore[attr-defined]
+# The gates' places in blue/green and rolling: tests/unit/test_strategy_plans.py.
 
 
 def test_a_missing_suite_is_refused_before_anything_runs(tmp_path: Path) -> None:
