@@ -132,7 +132,7 @@ class PhaseRunner:
                                 program=runtime.program(color) if color else runtime.app,
                                 phase=marker)
         return suite_task(spec.verify_suite, marker=marker, context=context,
-                          timeout=spec.verify_timeout,
+                          timeout=spec.verify_timeout, secrets=self.report.secrets,
                           name=f"verify: suite {marker}" + (f" on {color}" if color else ""))
 
     def record_gates(self, steps: Sequence[object]) -> None:
