@@ -174,7 +174,7 @@ def test_which_points_follow_a_run(kind: str, result: str, points: list[str]) ->
 
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setattr(journal, "STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.setattr(journal.ids, "STATE_ROOT", str(tmp_path / "state"))
     yield tmp_path / "state"
 
 

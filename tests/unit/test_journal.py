@@ -58,7 +58,7 @@ class LocalShell:
 
 @pytest.fixture
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(journal, "STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.setattr(journal.ids, "STATE_ROOT", str(tmp_path / "state"))
     return tmp_path / "state"
 
 
