@@ -51,7 +51,7 @@ with the connection's secrets) before it leaves the controller.
 
 from __future__ import annotations
 
-from deploykit.journal.fleetlock import FleetLock, fleet_lock
+from deploykit.journal.fleetlock import FleetLock, LockLostError, fleet_lock
 from deploykit.journal.history import (
     DeployRecord,
     HistoryEntry,
@@ -67,17 +67,21 @@ from deploykit.journal.hostlock import (
     LockInfo,
     acquire_lock,
     lock_status,
+    pid_alive,
+    refresh_lock,
     release_lock,
     unlock,
 )
 from deploykit.journal.ids import (
     DEFAULT_LOCK_TTL,
     DEPLOY_ID_ENV,
+    NEST_TOKEN_ENV,
     RESULTS,
     RUNS_DIR,
     STATE_ROOT,
     DeployResult,
     Kind,
+    nest_proof,
     new_deploy_id,
     outer_deploy_id,
     state_dir,
@@ -95,6 +99,7 @@ __all__ = [
     "DEFAULT_LOCK_TTL",
     "DEPLOY_ID_ENV",
     "LOG_LEVEL_ENV",
+    "NEST_TOKEN_ENV",
     "RESULTS",
     "RUNS_DIR",
     "STATE_ROOT",
@@ -106,6 +111,7 @@ __all__ = [
     "LockAttempt",
     "LockHolder",
     "LockInfo",
+    "LockLostError",
     "RunFiles",
     "RunLog",
     "acquire_lock",
@@ -114,9 +120,12 @@ __all__ = [
     "history",
     "lock_status",
     "log_level",
+    "nest_proof",
     "new_deploy_id",
     "outer_deploy_id",
     "parse_history",
+    "pid_alive",
+    "refresh_lock",
     "release_lock",
     "run_files",
     "state_dir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,11 +19,14 @@ from deploykit.journal.hostlock import (
     LockHolder,
     LockInfo,
     acquire_lock,
+    refresh_lock,
     release_lock,
 )
 from deploykit.journal.ids import (
+    _COMMAND_TIMEOUT,
     _T,
     DEFAULT_LOCK_TTL,
+    HEARTBEAT_MAX,
     RESULTS,
     DeployResult,
     Kind,
@@ -30,6 +34,7 @@ from deploykit.journal.ids import (
     _check_deploy_id,
     _human_age,
     _now_iso,
+    nest_proof,
     outer_deploy_id,
 )
 from deploykit.result import RunReport
@@ -39,11 +44,22 @@ log = logging.getLogger("deploykit.journal")
 # -- the fleet lock ---------------------------------------------------------------------------
 
 
+class LockLostError(LockHeldError):
+    """Our lock was broken (or taken over) while we held it: stop before the next change."""
+
+
+END_ATTEMPTS = 3
+"""How many times the end entry (and the release with it) is tried per host."""
+
+
 class FleetLock:
     """The lock held on every host of a deploy; made by :func:`fleet_lock`.
 
     Call :meth:`end` before leaving the ``with`` block to set the deploy's
     result; leaving writes the ``end`` history entry and releases every host.
+    While held, a heartbeat refreshes the lock on every host (so that a live run is
+    never judged stale, however long it takes) and notices when it was broken;
+    :meth:`check` raises :class:`LockLostError` then (call it before each change).
     """
 
     def __init__(self, conns: Sequence[Connection], app: str, holder: LockHolder, *,
@@ -65,8 +81,58 @@ class FleetLock:
         """Hosts whose lock could not be released, and why (after the ``with`` block)."""
         self.nested: set[str] = set()
         """Hosts where the lock belongs to the deploy this one runs inside of (left held)."""
+        self.lost: dict[str, LockInfo] = {}
+        """Hosts where our lock was broken or taken over, and what is there now."""
+        self.ttl = DEFAULT_LOCK_TTL
         self._end: dict[str, Any] | None = None
         self._released = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def refresh(self) -> dict[str, LockInfo]:
+        """Refresh the lock on every host now (one round trip each, in parallel); returns
+        (and records in :attr:`lost`) the hosts where it is no longer ours."""
+        def one(conn: Connection) -> None:
+            if conn.name in self.nested or conn.name in self.lost:
+                return
+            try:
+                found = refresh_lock(conn, self.app, self.holder, ttl=self.ttl)
+            except DeployError as error:
+                log.warning("%s: could not refresh the %s lock: %s", conn.name, self.app,
+                            error.message)
+                return
+            if found is not None:
+                self.lost[conn.name] = found
+                log.error("%s: the %s lock of deploy %s was broken: %s", conn.name, self.app,
+                          self.deploy_id, found.describe() if found.holder else "no lock")
+
+        _in_parallel(self.conns, one, self.forks)
+        return dict(self.lost)
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` when the lock is no longer ours on some host
+        (checked now, on every host)."""
+        self.refresh()
+        if self.lost:
+            where = "; ".join(f"{n}: " + (i.describe() if i.holder else "the lock is gone")
+                              for n, i in sorted(self.lost.items()))
+            raise LockLostError(f"the deploy lock of {self.deploy_id} was broken while it "
+                                f"ran ({where})")
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Refresh the lock every ``interval`` seconds until released."""
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                self.refresh()
+
+        self._heartbeat = threading.Thread(target=beat, name=f"lock-heartbeat-{self.app}",
+                                           daemon=True)
+        self._heartbeat.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=_COMMAND_TIMEOUT + 5)
 
     @property
     def deploy_id(self) -> str:
@@ -134,20 +200,32 @@ class FleetLock:
             return
         self._released = True
 
+        self._stop_heartbeat()
+
         def one(conn: Connection) -> None:
-            try:
-                if conn.name in self.nested:  # the outer deploy releases it
-                    append_history(conn, self.app, [self._end_entry(conn.name, exc)])
-                    return
-                state = release_lock(conn, self.app, self.holder,
-                                     entries=[self._end_entry(conn.name, exc)])
-                if state == "foreign":
-                    self.release_errors[conn.name] = ("the lock was broken and taken by "
-                                                      "another deploy; left alone")
-            except DeployError as error:
-                self.release_errors[conn.name] = error.message
-                log.warning("%s: could not release the %s lock: %s (remove it with invoke "
-                            "unlock --force)", conn.name, self.app, error.message)
+            entry = self._end_entry(conn.name, exc)
+            for attempt in range(1, END_ATTEMPTS + 1):
+                try:
+                    if conn.name in self.nested:  # the outer deploy releases it
+                        append_history(conn, self.app, [entry])
+                        return
+                    state = release_lock(conn, self.app, self.holder, entries=[entry])
+                except DeployError as error:
+                    problem = error.message
+                else:
+                    if state == "foreign":
+                        self.release_errors[conn.name] = ("the lock was broken and taken by "
+                                                          "another deploy; left alone")
+                    if state != "unwritten":
+                        return
+                    problem = "the end entry could not be written to the history"
+                if attempt < END_ATTEMPTS:
+                    time.sleep(0.5 * attempt)
+            self.release_errors[conn.name] = (
+                f"{problem}; the lock is KEPT so that the run does not read as finished "
+                f"(after fixing the host: invoke unlock)")
+            log.error("%s: the %s lock of deploy %s is kept: %s", conn.name, self.app,
+                      self.deploy_id, self.release_errors[conn.name])
 
         _in_parallel(self.conns, one, self.forks)
 
@@ -190,6 +268,9 @@ def fleet_lock(
     on_wait: Callable[[LockHeldError, float], None] | None = None,
     poll: float = 2.0,
     outer: str | None = None,
+    nest_token: str = "",
+    proof: str | None = None,
+    heartbeat: float | None = None,
 ) -> Iterator[FleetLock]:
     """Hold the deploy lock of ``app`` on every host for the ``with`` block.
 
@@ -207,7 +288,13 @@ def fleet_lock(
     waited); ``on_wait(error, waited_seconds)`` is called before each pause (it may
     raise to stop waiting, e.g. on Ctrl-C). ``outer`` (default
     ``$DEPLOYKIT_DEPLOY_ID``, see :func:`outer_deploy_id`) is the deploy this one
-    runs inside of: hosts it holds are taken as nested (:attr:`FleetLock.nested`).
+    runs inside of: hosts it holds are taken as nested (:attr:`FleetLock.nested`) when
+    ``proof`` (default ``$DEPLOYKIT_LOCK_TOKEN``, :func:`nest_proof`) is the token that
+    deploy gave its hooks. ``nest_token`` is that token for this run's own hooks (only its
+    SHA-256 goes into ``holder.json``).
+
+    While held, the lock is refreshed every ``heartbeat`` seconds (default: a third of
+    ``ttl``, at most a minute); a broken lock is noticed (:meth:`FleetLock.check`).
 
     A ``start`` history entry (``kind``, versions, ``strategy``) is written with
     each lock, in the same round trip; leaving the block writes the ``end``
@@ -224,14 +311,15 @@ def fleet_lock(
         raise ConfigError(f"lock ttl must be positive, not {ttl!r}")
     if wait < 0:
         raise ConfigError(f"lock wait must be 0 or more seconds, not {wait!r}")
-    holder = LockHolder.for_this_process(deploy_id, app)
+    holder = LockHolder.for_this_process(deploy_id, app, nest_token)
     options: dict[str, Any] = {"kind": kind, "version_from": version_from,
                                "version_to": version_to, "strategy": strategy, "forks": forks}
     reentrant = [i for i in (outer or outer_deploy_id(),) if i and i != deploy_id]
     began = time.monotonic()
     while True:
         try:
-            lock = _acquire_fleet(conns, app, holder, ttl, break_lock, options, reentrant)
+            lock = _acquire_fleet(conns, app, holder, ttl, break_lock, options, reentrant,
+                                  nest_proof() if proof is None else proof)
             break
         except LockHeldError as error:
             waited = time.monotonic() - began
@@ -244,6 +332,8 @@ def fleet_lock(
                 on_wait(error, waited)
             time.sleep(max(0.05, min(poll, wait - waited)))
     log.info("%s lock taken on %s for deploy %s", app, ", ".join(lock.hosts), deploy_id)
+    lock.ttl = ttl
+    lock.start_heartbeat(heartbeat or min(ttl / 3, HEARTBEAT_MAX))
     exc: BaseException | None = None
     try:
         yield lock
@@ -256,7 +346,7 @@ def fleet_lock(
 
 def _acquire_fleet(conns: Sequence[Connection], app: str, holder: LockHolder, ttl: float,
                    break_lock: bool, options: Mapping[str, Any],
-                   reentrant: Sequence[str]) -> FleetLock:
+                   reentrant: Sequence[str], proof: str) -> FleetLock:
     """One all-or-nothing attempt of :func:`fleet_lock`: the lock, or LockHeldError."""
     lock = FleetLock(conns, app, holder, **options)
     attempts: dict[str, LockAttempt | DeployError] = {}
@@ -265,7 +355,7 @@ def _acquire_fleet(conns: Sequence[Connection], app: str, holder: LockHolder, tt
         try:
             attempts[conn.name] = acquire_lock(conn, app, holder, ttl=ttl, break_lock=break_lock,
                                                entries=[lock.entry("start", conn.name)],
-                                               reentrant=reentrant)
+                                               reentrant=reentrant, proof=proof)
         except DeployError as exc:
             attempts[conn.name] = exc
 

@@ -123,18 +123,19 @@ def steps_summary(report: RunReport, host: str | None = None) -> dict[str, Any]:
 
 def _append_fn(history_path: str) -> str:
     """The shell function ``append SIZE``: the rest of stdin, which must be SIZE bytes,
-    appended to the history with one ``write(2)``; prints a warning otherwise."""
+    appended to the history with one ``write(2)``; prints a warning and returns 1
+    otherwise."""
     return (
         "append() { [ \"$1\" -gt 0 ] || return 0; "
         f"h={quote(history_path)}; "
         't=$(mktemp "${h%/*}/.append.XXXXXX") || { echo "warning cannot stage the history '
-        'entry"; return 0; }; '
-        'cat > "$t"; '
+        'entry"; cat > /dev/null; return 1; }; '
+        'cat > "$t"; r=0; '
         'if [ "$(stat -c %s -- "$t")" != "$1" ]; then '
-        'echo "warning history entry arrived incomplete, not written"; '
+        'echo "warning history entry arrived incomplete, not written"; r=1; '
         'elif ! dd if="$t" of="$h" oflag=append conv=notrunc bs="$1" count=1 status=none; then '
-        'echo "warning history append failed"; fi; '
-        'rm -f -- "$t"; }'
+        'echo "warning history append failed"; r=1; fi; '
+        'rm -f -- "$t"; return $r; }'
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from deploykit.journal.ids import (
     _COMMAND_TIMEOUT,
     _GUARD_WAIT,
     DEFAULT_LOCK_TTL,
+    FUTURE_TOLERANCE,
     _human_age,
     _now_iso,
     _who,
@@ -52,13 +55,24 @@ class LockHolder:
     started: str
     token: str = ""
     app: str = ""
+    nest: str = ""
+    """SHA-256 of the token the holder gives its hooks only (:data:`NEST_TOKEN_ENV`): a run
+    that presents it is nested in this one (re-entrance); empty: no run is."""
 
     @classmethod
-    def for_this_process(cls, deploy_id: str, app: str) -> LockHolder:
-        """A holder describing this process, with a fresh token."""
+    def for_this_process(cls, deploy_id: str, app: str, nest_token: str = "") -> LockHolder:
+        """A holder describing this process, with a fresh token (and the digest of
+        ``nest_token``, the proof its hooks' runs will present)."""
         user, controller = _who()
         return cls(user=user, controller=controller, deploy_id=deploy_id, pid=os.getpid(),
-                   started=_now_iso(), token=_random.token_hex(16), app=app)
+                   started=_now_iso(), token=_random.token_hex(16), app=app,
+                   nest=nest_digest(nest_token) if nest_token else "")
+
+    @property
+    def alive_here(self) -> bool:
+        """True when the holder is a process of this user running on this controller."""
+        user, controller = _who()
+        return (self.user, self.controller) == (user, controller) and pid_alive(self.pid)
 
     def to_json(self) -> str:
         """``holder.json`` content (one line)."""
@@ -72,7 +86,7 @@ class LockHolder:
             return cls(user=str(data["user"]), controller=str(data["controller"]),
                        deploy_id=str(data["deploy_id"]), pid=int(data["pid"]),
                        started=str(data["started"]), token=str(data.get("token", "")),
-                       app=str(data.get("app", "")))
+                       app=str(data.get("app", "")), nest=str(data.get("nest", "")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -83,7 +97,24 @@ class LockHolder:
 
     def public(self) -> dict[str, Any]:
         """The holder without its token (for history entries and messages)."""
-        return {k: v for k, v in self.__dict__.items() if k != "token"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("token", "nest")}
+
+
+def nest_digest(token: str) -> str:
+    """The digest of a nest token, as ``holder.json`` keeps it (the token itself never
+    reaches a host)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -97,9 +128,27 @@ class LockInfo:
     ttl: float = DEFAULT_LOCK_TTL
 
     @property
+    def ahead(self) -> bool:
+        """True when the lock's time is in the future of the host's clock (taken, or last
+        refreshed, by a clock that was ahead): a live holder's heartbeat would have brought
+        it back to the host's now."""
+        return self.age < -FUTURE_TOLERANCE
+
+    @property
     def stale(self) -> bool:
-        """True when the lock is older than its TTL."""
-        return self.age > self.ttl
+        """True when the lock is older than its TTL, or its time lies in the future (a
+        live holder refreshes it with the host's clock)."""
+        return self.age > self.ttl or self.ahead
+
+    @property
+    def alive_here(self) -> bool:
+        """True when the holder is a live process on this controller: never breakable."""
+        return self.holder is not None and self.holder.alive_here
+
+    @property
+    def breakable(self) -> bool:
+        """Stale, and not held by a live process of this controller."""
+        return self.stale and not self.alive_here
 
     def describe(self) -> str:
         """``locked by alice@ctl (deploy <id>, pid 42) since <time> on web-1`` (+ staleness)."""
@@ -109,7 +158,15 @@ class LockInfo:
         else:
             text = (f"locked by {h.who} (deploy {h.deploy_id}, pid {h.pid}) since {h.started} "
                     f"on {self.host}")
-        if self.stale:
+        if self.alive_here:
+            text += (f"; held for {_human_age(max(self.age, 0))}; its holder (pid "
+                     f"{self.holder.pid if self.holder else '?'}) is running on this "
+                     f"controller: wait for it, or stop it; its lock is not broken")
+        elif self.ahead:
+            text += (f"; STALE: its time is {_human_age(-self.age)} in the future of the "
+                     f"host's clock (taken by a clock that was ahead, and not refreshed "
+                     f"since); break it with --break-lock, or invoke unlock --force")
+        elif self.stale:
             text += (f"; STALE: held for {_human_age(self.age)}, longer than the lock TTL of "
                      f"{_human_age(self.ttl)} (the deploy may have crashed); break it with "
                      f"--break-lock, or invoke unlock --force")
@@ -149,15 +206,21 @@ def _guarded(app: str, body: Sequence[str]) -> str:
     ])
 
 
-def _acquire_script(app: str, ttl: float, break_stale: bool, size: int) -> str:
+def _acquire_script(app: str, ttl: float, break_token: str | None, size: int) -> str:
     """stdin: holder.json on the first line, then the history lines to append once locked
-    (not when a stale lock was broken: the caller then writes the break record first)."""
+    (not when a stale lock was broken: the caller then writes the break record first).
+
+    ``break_token``: break the lock there first if it is still the one judged breakable
+    (its holder's token; empty: a lock without a readable holder) and still stale."""
+    needle = quote(f'"token":"{break_token}"')
+    match = ('[ ! -s "$lock/holder.json" ]' if not break_token else
+             f'grep -qF -- {needle} "$lock/holder.json" 2>/dev/null')
     return _guarded(app, [
         "IFS= read -r holder || :",
         "broke=",
-        f'if [ {int(break_stale)} = 1 ] && [ -d "$lock" ]; then',
+        f'if [ {int(break_token is not None)} = 1 ] && [ -d "$lock" ] && {match}; then',
         '  info=$(show); age=${info%% *}',
-        f'  if [ "$age" -gt {int(ttl)} ]; then',
+        f'  if [ "$age" -gt {int(ttl)} ] || [ "$age" -lt -{FUTURE_TOLERANCE} ]; then',
         '    printf "broken %s\\n" "$info"; rm -rf -- "$lock"; broke=1',
         "  fi",
         "fi",
@@ -203,23 +266,35 @@ class LockAttempt:
 def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
                  ttl: float = DEFAULT_LOCK_TTL, break_lock: bool = False,
                  entries: Sequence[HistoryEntry] = (),
-                 reentrant: Iterable[str] = ()) -> LockAttempt:
-    """Try to take the lock on one host, in one round trip; never waits for it.
+                 reentrant: Iterable[str] = (), proof: str = "") -> LockAttempt:
+    """Try to take the lock on one host; never waits for it.
 
     Returns whether it was acquired, else the :class:`LockInfo` of the holder.
     ``entries`` (e.g. the deploy's ``start``) are appended to the history only
-    when the lock was taken. With ``break_lock``, a *stale* lock (older than
-    ``ttl``) is broken first, and a ``lock_broken`` entry naming the old holder
-    is written before ``entries`` (a second round trip, only then). Raises
+    when the lock was taken (same round trip). With ``break_lock``, a *stale* lock
+    (older than ``ttl``, or with its time in the future) is broken, unless its holder
+    is a live process on this controller (:attr:`LockInfo.alive_here`: refused); a
+    ``lock_broken`` entry naming the old holder is written before ``entries``. Raises
     :class:`TaskError` when the host cannot keep a lock (no room, no flock).
 
-    ``reentrant``: deploy ids whose lock counts as ours when held by the same user
-    on the same controller (the deploy this run was started from): the attempt is
-    then ``acquired`` and ``nested``, and ``entries`` are appended (a second round trip).
+    ``reentrant``: deploy ids whose lock counts as ours when ``proof`` is the token that
+    holder gave its hooks (:data:`NEST_TOKEN_ENV`; its digest is in ``holder.json``):
+    the attempt is then ``acquired`` and ``nested``, and ``entries`` are appended.
     """
+    attempt = _try_acquire(conn, app, holder, ttl, None, entries, set(reentrant), proof)
+    info = attempt.held_by
+    if break_lock and not attempt.acquired and info is not None and info.breakable:
+        token = info.holder.token if info.holder is not None else ""
+        attempt = _try_acquire(conn, app, holder, ttl, token, entries, set(reentrant), proof)
+    return attempt
+
+
+def _try_acquire(conn: Connection, app: str, holder: LockHolder, ttl: float,
+                 break_token: str | None, entries: Sequence[HistoryEntry], outer: set[str],
+                 proof: str) -> LockAttempt:
+    """One round trip of :func:`acquire_lock` (breaking the lock of ``break_token``)."""
     lines = _payload(conn, entries)
-    outer = set(reentrant)
-    out = conn.run(_acquire_script(app, ttl, break_lock, len(lines)),
+    out = conn.run(_acquire_script(app, ttl, break_token, len(lines)),
                    stdin=holder.to_json().encode() + b"\n" + lines,
                    timeout=_COMMAND_TIMEOUT, task="lock").stdout
     _warnings(conn, out, "lock")
@@ -237,8 +312,8 @@ def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
         elif word == "held":
             info = _parse_lock_line(conn.name, rest, ttl)
             h = info.holder
-            if h is not None and h.deploy_id in outer and (h.user, h.controller) == (
-                    holder.user, holder.controller):
+            if h is not None and h.deploy_id in outer and h.nest and proof and \
+                    hmac.compare_digest(h.nest, nest_digest(proof)):
                 append_history(conn, app, entries)
                 log.info("%s: %s lock held by deploy %s, which this run is part of",
                          conn.name, app, h.deploy_id)
@@ -249,6 +324,38 @@ def acquire_lock(conn: Connection, app: str, holder: LockHolder, *,
                             host=conn.name, task="lock")
     raise TaskError(f"unexpected lock command output: {out.strip()[:200]!r}",
                     host=conn.name, task="lock")
+
+
+def _refresh_script(app: str, token: str) -> str:
+    """Touch our ``holder.json`` (its mtime is the lock's age); prints alive, absent or
+    foreign <info>."""
+    return "\n".join([
+        f"lock={quote(state_dir(app) + '/lock')}", _SHOW,
+        f"token={quote(token)}",
+        'if [ ! -d "$lock" ]; then echo absent',
+        'elif grep -qF -- "\\"token\\":\\"$token\\"" "$lock/holder.json" 2>/dev/null; then',
+        '  touch -- "$lock/holder.json" && echo alive',
+        'else printf "foreign "; show; fi',
+    ])
+
+
+def refresh_lock(conn: Connection, app: str, holder: LockHolder, *,
+                 ttl: float = DEFAULT_LOCK_TTL) -> LockInfo | None:
+    """Refresh our lock on one host (the heartbeat; one round trip): None while it is
+    ours, else what is there now (a :class:`LockInfo` of another holder, or one with
+    no holder and age 0 when the lock is gone)."""
+    out = conn.run(_refresh_script(app, holder.token), timeout=_COMMAND_TIMEOUT,
+                   task="lock refresh").stdout
+    for line in out.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "alive":
+            return None
+        if word == "absent":
+            return LockInfo(host=conn.name, holder=None, age=0.0, ttl=ttl)
+        if word == "foreign":
+            return _parse_lock_line(conn.name, rest, ttl)
+    raise TaskError(f"unexpected lock refresh output: {out.strip()[:200]!r}",
+                    host=conn.name, task="lock refresh")
 
 
 def _break_entry(app: str, by: LockHolder, old: LockInfo, how: str) -> HistoryEntry:
@@ -262,13 +369,14 @@ def _break_entry(app: str, by: LockHolder, old: LockInfo, how: str) -> HistoryEn
 
 def _remove_script(app: str, token: str, size: int) -> str:
     """Remove the lock if it has ``token`` (an empty token: whatever lock is there),
-    appending stdin to the history first. Prints released, absent or foreign <info>."""
+    appending stdin to the history first (the lock stays when that append fails: prints
+    unwritten). Prints released, absent, unwritten or foreign <info>."""
     return _guarded(app, [
         f"token={quote(token)}",
         f'if [ ! -d "$lock" ]; then append {size}; echo absent',
         'elif [ -z "$token" ] || '
         'grep -qF -- "\\"token\\":\\"$token\\"" "$lock/holder.json" 2>/dev/null; then',
-        f'  append {size}; rm -rf -- "$lock" && echo released',
+        f'  if append {size}; then rm -rf -- "$lock" && echo released; else echo unwritten; fi',
         'else printf "foreign "; show; fi',
     ])
 
@@ -278,8 +386,9 @@ def release_lock(conn: Connection, app: str, holder: LockHolder, *,
     """Release our lock on one host (one round trip), appending ``entries`` first.
 
     Returns ``released``, ``absent`` (no lock any more: somebody broke it; the
-    entries are still written) or ``foreign`` (the lock is now somebody else's:
-    it is left alone, and so is the history).
+    entries are still written), ``unwritten`` (the entries could not be written: the
+    lock is kept, try again) or ``foreign`` (the lock is now somebody else's: it is left
+    alone, and so is the history).
     """
     if not holder.token:
         raise ConfigError("release_lock needs the holder that acquired the lock (its token)")
@@ -294,7 +403,7 @@ def _remove(conn: Connection, app: str, token: str, entries: Sequence[HistoryEnt
     _warnings(conn, out, "unlock")
     for line in out.splitlines():
         word, _, rest = line.partition(" ")
-        if word in ("released", "absent"):
+        if word in ("released", "absent", "unwritten"):
             return word
         if word == "foreign":
             log.warning("%s: the %s lock is not ours, left alone: %s", conn.name, app,
@@ -333,6 +442,8 @@ def unlock(conn: Connection, app: str, *, force: bool = False, deploy_id: str | 
         return None
     ours = (deploy_id is not None and current.holder is not None
             and current.holder.deploy_id == deploy_id)
+    if current.alive_here:
+        raise LockHeldError(f"{current.describe()}; not removed", host=conn.name)
     if not (force or ours):
         raise LockHeldError(f"{current.describe()}; not removed: pass force=True "
                             f"(invoke unlock --force) to break it", host=conn.name)
@@ -345,6 +456,9 @@ def unlock(conn: Connection, app: str, *, force: bool = False, deploy_id: str | 
     if state == "foreign":
         raise LockHeldError("the lock changed hands while unlocking; look again with "
                             "lock_status (invoke status) before breaking it", host=conn.name)
+    if state == "unwritten":
+        raise TaskError("the unlock could not be recorded in the history (disk full?): the "
+                        "lock was kept", host=conn.name, task="unlock")
     if state == "released":
         log.warning("%s: %s lock removed by %s: %s", conn.name, app, by.who, current.describe())
         return current

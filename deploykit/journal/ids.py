@@ -26,6 +26,15 @@ DEFAULT_LOCK_TTL = 3600.0
 """Seconds after which a lock counts as stale. Keep it above your longest deploy."""
 DEPLOY_ID_ENV = "DEPLOYKIT_DEPLOY_ID"
 """Set by a deploy for the processes it starts (hooks): the lock is re-entrant for it."""
+NEST_TOKEN_ENV = "DEPLOYKIT_LOCK_TOKEN"
+"""Set by a run for its hooks only: the proof that a run started by a hook is nested in
+the run holding the lock (``$DEPLOYKIT_DEPLOY_ID`` alone, shown by ``invoke status``, is
+not: any process could set it)."""
+FUTURE_TOLERANCE = 120
+"""Seconds a lock's time may lie in the future of the host's clock (clock skew between a
+heartbeat and now) before it counts as stale."""
+HEARTBEAT_MAX = 60.0
+"""Seconds between two refreshes of a held lock at most (a third of the TTL when shorter)."""
 RESULTS = ("succeeded", "failed", "rolled_back", "aborted")
 """The results an ``end`` history entry may carry."""
 DeployResult = Literal["succeeded", "failed", "rolled_back", "aborted"]
@@ -69,6 +78,11 @@ def outer_deploy_id() -> str | None:
     """The deploy this process runs inside of (``$DEPLOYKIT_DEPLOY_ID``), if any."""
     value = os.environ.get(DEPLOY_ID_ENV, "").strip()
     return value if value and _DEPLOY_ID.match(value) else None
+
+
+def nest_proof() -> str:
+    """The nest token this process was given by the run it is part of (hooks only)."""
+    return os.environ.get(NEST_TOKEN_ENV, "").strip()
 
 
 def _now_iso() -> str:

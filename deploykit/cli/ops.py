@@ -1,9 +1,9 @@
 """invoke tasks for day-2 operations: ``exec``, ``logs``, ``maintenance``, ``details``, ``prune``.
 
 Add them to a project's tasks.py next to the deploy tasks (they read the same
-``deploykit.yml``, see :func:`deploykit.invoke.config_path`)::
+``deploykit.yml``, see :func:`deploykit.pipeline.project.config_path`)::
 
-    from deploykit.opstasks import add_ops_tasks
+    from deploykit.cli.ops import add_ops_tasks
     add_ops_tasks(ns)
 
 then::
@@ -34,17 +34,19 @@ from invoke.tasks import task
 from rich.table import Table
 
 from deploykit import journal
-from deploykit.cli import reports_errors
+from deploykit.cli.errors import reports_errors
+from deploykit.cli.output import Output
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.inventory import Host
-from deploykit.invoke import Output, Project, config_path, connected
 from deploykit.ops import details as host_details
 from deploykit.ops import exec as fleet_exec
 from deploykit.ops import logs as fleet_logs
 from deploykit.ops import prune as fleet_prune
 from deploykit.ops.hosts import select_hosts
 from deploykit.ops.maintenance import set_maintenance
+from deploykit.pipeline.fleet import connected
+from deploykit.pipeline.project import Project, config_path
 from deploykit.result import Status
 from deploykit.tasks.maintenance import maintenance as maintenance_task
 
