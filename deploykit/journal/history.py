@@ -166,7 +166,7 @@ def append_history(conn: Connection, app: str, entries: Sequence[HistoryEntry],
     payload = _payload(conn, entries, secrets)
     script = "\n".join([
         "umask 027", f"mkdir -p -- {quote(directory)} || exit 1",
-        _append_fn(f"{directory}/history.jsonl"), f"append {len(payload)}",
+        _append_fn(f"{directory}/history.jsonl"), f"append {len(payload)} || :",
     ])
     out = conn.run(script, stdin=payload, timeout=_COMMAND_TIMEOUT, task="append history")
     problems = _warnings(conn, out.stdout, "history")

@@ -9,6 +9,7 @@ signature as :meth:`Connection.run`, so the host-side scripts (``mkdir`` lock,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -244,9 +245,16 @@ def test_an_entry_cut_off_in_transit_is_not_written_at_all(root: Path) -> None:
     assert sorted(p.name for p in (root / APP).iterdir()) == ["history.jsonl"]
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_release_leaves_a_lock_taken_by_someone_else_alone(root: Path) -> None:
     conn = local()
-    mine = LockHolder.for_this_process("d1", APP)
+    mine = dataclasses.replace(LockHolder.for_this_process("d1", APP), pid=dead_pid())
     theirs = LockHolder.for_this_process("d2", APP)
     assert journal.acquire_lock(conn, APP, mine).acquired
     assert journal.unlock(conn, APP, force=True) is not None   # somebody broke it
