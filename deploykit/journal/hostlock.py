@@ -158,10 +158,11 @@ class LockInfo:
         else:
             text = (f"locked by {h.who} (deploy {h.deploy_id}, pid {h.pid}) since {h.started} "
                     f"on {self.host}")
-        if self.alive_here:
-            text += (f"; held for {_human_age(max(self.age, 0))}; its holder (pid "
-                     f"{self.holder.pid if self.holder else '?'}) is running on this "
-                     f"controller: wait for it, or stop it; its lock is not broken")
+        if self.stale and self.alive_here:
+            text += (f"; held for {_human_age(abs(self.age))} by the host's clock, yet its "
+                     f"holder (pid {self.holder.pid if self.holder else '?'}) is running "
+                     f"on this controller: a live lock is never broken; wait for it, or "
+                     f"stop it")
         elif self.ahead:
             text += (f"; STALE: its time is {_human_age(-self.age)} in the future of the "
                      f"host's clock (taken by a clock that was ahead, and not refreshed "
