@@ -160,6 +160,8 @@ def show_summary(out: Output, summary: DeploySummary) -> None:
         out.line("   phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary.phases.items()))
     for note in summary.notes:
         out.line(f"   {note}")
+    for problem in summary.problems:
+        out.line(f"   PROBLEM: {problem}", style="bold red")
     if summary.report_path is not None:
         out.line(f"   report: {relative(summary.report_path)}   log: {relative(summary.log_path)}")
 
@@ -176,10 +178,13 @@ def relative(path: Path | None) -> str:
 
 def exit_for(summary: DeploySummary) -> None:
     """Exit non-zero for a deploy that did not succeed (one ``error:`` line)."""
-    if summary.ok:
+    if summary.ok and not summary.problems:
         return
+    if summary.ok:
+        raise TaskError(f"{summary.kind} {summary.deploy_id} {summary.result}, but the lock "
+                        f"could not be released: " + "; ".join(summary.problems))
     text = (f"{summary.kind} {summary.deploy_id} {summary.result.replace('_', ' ')}: "
-            f"{summary.message}")
+            f"{summary.message}" + "".join(f"; {p}" for p in summary.problems))
     if summary.result == "aborted":
         print(f"error: {text}", file=sys.stderr)
         raise Exit(code=EXIT_ABORTED)
@@ -218,7 +223,7 @@ def show_status(out: Output, rows: Sequence[HostStatus]) -> None:
 def show_history(out: Output, rows: Sequence[Mapping[str, Any]]) -> None:
     """The history as a table."""
     table = Table(title="deploykit history (oldest first)", title_justify="left")
-    for column in ("id (UTC time-commit)", "what", "by", "change", "result", "took", "outcome"):
+    for column in ("id (UTC time-ms-commit)", "what", "by", "change", "result", "took", "outcome"):
         table.add_column(column, no_wrap=column != "outcome")
     for r in rows:
         before = sorted(set(r["version_from"].values()))

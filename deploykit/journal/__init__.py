@@ -2,7 +2,7 @@
 
 A deploy goes through these pieces in order::
 
-    deploy_id = new_deploy_id(repo_dir)                  # 20261125T173000Z-abc1234
+    deploy_id = new_deploy_id(repo_dir)          # 20261125T173000Z-042-abc1234-3f9a
     with fleet_lock(conns, "shop", deploy_id, version_to="v2", strategy="rolling") as lock:
         report = Runner(steps, run_id=deploy_id).run(hosts)
         lock.end("failed" if report.failed else "succeeded", steps=report)

@@ -388,7 +388,7 @@ def _acquire_fleet(conns: Sequence[Connection], app: str, holder: LockHolder, tt
     if held or errors:
         give_back("the lock could not be taken on every host")
         if held:
-            raise LockHeldError("; ".join(info.describe() for info in held))
+            raise LockHeldError("; ".join(info.describe(break_lock) for info in held))
         raise errors[0]
     lock.broken = [a.broken for a in attempts.values()
                    if isinstance(a, LockAttempt) and a.broken is not None]

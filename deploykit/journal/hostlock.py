@@ -150,15 +150,16 @@ class LockInfo:
         """Stale, and not held by a live process of this controller."""
         return self.stale and not self.alive_here
 
-    def describe(self) -> str:
-        """``locked by alice@ctl (deploy <id>, pid 42) since <time> on web-1`` (+ staleness)."""
+    def describe(self, breaking: bool = False) -> str:
+        """``locked by alice@ctl (deploy <id>, pid 42) since <time> on web-1`` (+ staleness;
+        ``breaking``: said to a run that asked to break it)."""
         h = self.holder
         if h is None:
             text = f"locked (holder unknown: no readable holder.json) on {self.host}"
         else:
             text = (f"locked by {h.who} (deploy {h.deploy_id}, pid {h.pid}) since {h.started} "
                     f"on {self.host}")
-        if self.stale and self.alive_here:
+        if self.alive_here and (self.stale or breaking):
             text += (f"; held for {_human_age(abs(self.age))} by the host's clock, yet its "
                      f"holder (pid {self.holder.pid if self.holder else '?'}) is running "
                      f"on this controller: a live lock is never broken; wait for it, or "

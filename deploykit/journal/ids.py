@@ -53,10 +53,10 @@ _T = TypeVar("_T")
 
 
 def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | None = None) -> str:
-    """A deploy id: UTC time, the short git commit of ``repo_dir``, then the milliseconds
-    and a random part.
+    """A deploy id: UTC time to the second, its milliseconds, the short git commit of
+    ``repo_dir``, a random part.
 
-    ``20261125T173000Z-abc1234-0423f9a``; ``20261125T173000Z-nogit-0423f9a`` when
+    ``20261125T173000Z-042-abc1234-3f9a``; ``20261125T173000Z-042-nogit-3f9a`` when
     ``repo_dir`` is not a git work tree (or has no commit, or git is missing).
     Sorted by name, ids are sorted by time (to the millisecond: what ``--retry-failed``
     relies on to find the last deploy); safe as a file name; two deploys started in
@@ -71,7 +71,7 @@ def new_deploy_id(repo_dir: str | os.PathLike[str] = ".", *, now: datetime | Non
     except (OSError, subprocess.SubprocessError):
         sha = ""
     commit = sha if re.fullmatch(r"[0-9a-f]{4,40}", sha) else "nogit"
-    return f"{stamp}-{commit}-{when.microsecond // 1000:03d}{_random.token_hex(2)}"
+    return f"{stamp}-{when.microsecond // 1000:03d}-{commit}-{_random.token_hex(2)}"
 
 
 def outer_deploy_id() -> str | None:

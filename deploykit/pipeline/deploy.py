@@ -183,7 +183,7 @@ def _deploy_locked(run: Run, conns: Mapping[str, Connection], plan: BlueGreen, s
                      version_from=versions_from(project, before) or None)
     out.line(f"   lock released on {', '.join(lock.hosts)}"
              + (f" (NOT on {', '.join(lock.release_errors)})" if lock.release_errors else ""))
-    run.ended(summary, lock.holder.who)
+    run.ended(summary, lock)
     return run.finish(summary, options.json_path)
 
 

@@ -71,6 +71,7 @@ def restore_backup(project: Project, out: Display, source: str | None = None) ->
             finally:
                 lock.end(JOURNAL_RESULT[summary.result], steps=run.report,
                          message=summary.message)
+        summary.problems += [f"{h}: {why}" for h, why in sorted(lock.release_errors.items())]
     return run.finish(summary)
 
 

@@ -141,7 +141,7 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
                          message=journal_message(summary, run.notes),
                          version_to=summary.version,
                          version_from=versions_from(project, views) or None)
-        run.ended(summary, lock.holder.who)
+        run.ended(summary, lock)
         out.line(f"   lock released on {', '.join(lock.hosts)}")
     if refused is not None:
         run.finish(summary, json_path)

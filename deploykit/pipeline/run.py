@@ -92,6 +92,9 @@ class DeploySummary:
     report_path: Path | None = None
     log_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """What went wrong after the outcome (a lock that could not be released): the command
+    then exits non-zero even when the deploy itself succeeded."""
 
     @property
     def ok(self) -> bool:
@@ -103,7 +106,7 @@ class DeploySummary:
         return {"kind": self.kind, "result": self.result, "version": self.version,
                 "color": self.color, "previous": self.previous, "hosts": self.hosts,
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
-                "notes": self.notes}
+                "notes": self.notes, "problems": self.problems}
 
 
 RESULT_OF: dict[str, journal.DeployResult] = {
@@ -204,8 +207,11 @@ class Run:
         self.events.emit(LockTaken(self.deploy_id, tuple(lock.hosts), lock.holder.who,
                                    tuple(b.describe() for b in lock.broken)))
 
-    def ended(self, summary: DeploySummary, who: str) -> None:
-        """Announce the outcome (the lock is released)."""
+    def ended(self, summary: DeploySummary, lock: journal.FleetLock) -> None:
+        """Say where the lock could not be released (loudly), then announce the outcome."""
+        for host, why in sorted(lock.release_errors.items()):
+            summary.problems.append(f"{host}: {why}")
+        who = lock.holder.who
         self.events.emit(RunEnded(self.kind, self.deploy_id, summary.result, summary.message,
                                   summary.version, tuple(summary.hosts),
                                   time.monotonic() - self.started, who))
