@@ -516,9 +516,26 @@ def _describe(key: str, spec: Key) -> str:
 # -- the effective configuration, redacted --------------------------------------------------
 
 
+SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api_?key|private_?key|credential",
+                         re.IGNORECASE)
+"""A var whose name says it holds a secret (``postgres_password``, ``api_token``): shown
+redacted and treated as a secret even when written in clear (a ``*_file`` var names a
+file: shown)."""
+
+
+def secret_name(name: str) -> bool:
+    """True when a var called ``name`` holds a secret (see :data:`SECRET_NAME`)."""
+    return bool(SECRET_NAME.search(name)) and not name.endswith(("_file", "_path"))
+
+
 def _shown(value: Any, where: str, problems: list[str]) -> Any:
     """A value for people: a secret as ``********`` (with its source when it has one),
-    after checking that it resolves (a problem is recorded, never raised)."""
+    after checking that it resolves (a problem is recorded, never raised); a mapping's
+    value under a secret name (:func:`secret_name`) too."""
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if secret_name(str(k)) and not isinstance(v, Secret)
+                and v not in (None, "") else _shown(v, f"{where}.{k}", problems)
+                for k, v in value.items()}
     if isinstance(value, Secret):
         source = f" ({value.source})" if isinstance(value, LazySecret) else ""
         try:
@@ -527,8 +544,6 @@ def _shown(value: Any, where: str, problems: list[str]) -> Any:
             problems.append(exc.message)
             return f"MISSING{source}"
         return f"{REDACTED}{source}"
-    if isinstance(value, Mapping):
-        return {str(k): _shown(v, f"{where}.{k}", problems) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_shown(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if isinstance(value, Path):
@@ -621,7 +636,9 @@ def _db_lookup(config: DeployConfig, db: Host | None, where: str) -> Lookup:
             if var not in db.vars:
                 raise ConfigError(f"${{{name}}}: host {db.name} has no var {var!r}")
             value = db.vars[var]
-            return value if isinstance(value, Secret) else str(value)
+            if isinstance(value, Secret):
+                return value
+            return Secret(str(value)) if secret_name(var) else str(value)
         return _controller_secret(name, config.root, where)
     return lookup
 

@@ -30,7 +30,7 @@ from deploykit.config import (
     effective_config,
     load_config,
 )
-from deploykit.errors import ConfigError, TaskError
+from deploykit.errors import ConfigError, ConnectError, TaskError
 from deploykit.pipeline.deploy import deploy
 from deploykit.pipeline.locks import release_locks, take_lock
 from deploykit.pipeline.project import CONFIG_ENV, Project, config_path
@@ -166,8 +166,12 @@ def status_task(c: Context, json: str | None = None) -> None:
     rows = fleet_status(project)
     if json:
         write_json([r.to_data() for r in rows], json)
-        return
-    show_status(Output(secrets=project.known_secrets()), rows)
+    else:
+        show_status(Output(secrets=project.known_secrets()), rows)
+    down = [f"{r.name} ({r.error})" for r in rows if r.error and r.error.startswith("unreach")]
+    if down:
+        raise ConnectError("cannot reach " + "; ".join(down) + " (the other hosts are shown "
+                           "above)")
 
 
 @task(name="history", help={"limit": "how many deploys/rollbacks to show (default 20)",

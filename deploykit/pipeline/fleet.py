@@ -23,6 +23,22 @@ log = logging.getLogger("deploykit.pipeline.fleet")
 
 _T = TypeVar("_T")
 @contextmanager
+def reachable(hosts: Sequence[Host], secrets: Sequence[Secret] = ()
+              ) -> Iterator[tuple[dict[str, Connection], dict[str, str]]]:
+    """For read-only commands: an open connection per host that answers, and why each
+    other host could not be reached (a host down never hides the others)."""
+    opened = connect_all(hosts)
+    conns = {n: c for n, c in opened.items() if isinstance(c, Connection)}
+    try:
+        for conn in conns.values():
+            conn.secrets.update(secrets)
+        yield conns, {n: str(e) for n, e in opened.items() if not isinstance(e, Connection)}
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+@contextmanager
 def connected(hosts: Sequence[Host], secrets: Sequence[Secret] = (),
               report: RunReport | None = None) -> Iterator[dict[str, Connection]]:
     """One open connection per host (in parallel), closed at the end; a host that cannot

@@ -11,8 +11,9 @@ from deploykit import journal
 from deploykit import verify as suites
 from deploykit.connection import Connection
 from deploykit.errors import DeployError
+from deploykit.inventory import Host
 from deploykit.pipeline.events import Display
-from deploykit.pipeline.fleet import connected, fleet_views, host_view, in_parallel
+from deploykit.pipeline.fleet import connected, fleet_views, host_view, in_parallel, reachable
 from deploykit.pipeline.project import Project
 from deploykit.tasks import http, services
 from deploykit.tasks.maintenance import maintenance_status
@@ -72,9 +73,16 @@ def _host_status(project: Project, conn: Connection) -> HostStatus:
 
 
 def fleet_status(project: Project) -> list[HostStatus]:
-    """Every host's colour, releases, programs, lock and last deploy (read-only)."""
-    with connected(project.hosts, project.known_secrets()) as conns:
-        return in_parallel(project.hosts, lambda h: _host_status(project, conns[h.name]))
+    """Every host's colour, releases, programs, lock and last deploy (read-only); a host
+    that cannot be reached is a row with its ``error`` (``unreachable: ...``)."""
+    with reachable(project.hosts, project.known_secrets()) as (conns, down):
+        def one(h: Host) -> HostStatus:
+            if h.name in down:
+                return HostStatus(h.name, "web" if h in project.web else "db",
+                                  error=f"unreachable: {down[h.name]}")
+            return _host_status(project, conns[h.name])
+
+        return in_parallel(project.hosts, one)
 
 
 def history_records(project: Project, limit: int = 20) -> list[dict[str, Any]]:
