@@ -474,6 +474,25 @@ def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
 def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
     """Load and validate ``deploykit.yml``; every problem is one ConfigError naming the file."""
     p = Path(path).resolve()
+    return parse_config(read_config_data(p), p)
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys on top; sections (mappings such as ``preflight``,
+    ``env``) are merged key by key, one level deep."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_data(path: Path) -> dict[str, Any]:
+    """The mapping a deploykit YAML file holds (not validated); every problem is one
+    ConfigError naming the file."""
+    p = path
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -491,7 +510,11 @@ def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}{line}: {getattr(exc, 'problem', None) or exc}") from None
-    return parse_config({} if data is None else data, p)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: expected a mapping of keys, got {type(data).__name__}")
+    return dict(data)
 
 
 def describe_keys() -> str:

@@ -22,6 +22,7 @@ from deploykit.pipeline.run import (
     Run,
     backup_before,
     journal_message,
+    pending_migrations,
 )
 from deploykit.runner import Step, step
 from deploykit.strategies import bluegreen
@@ -116,6 +117,7 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
             outcome = bluegreen.deploy(plan, project.web, project.db, deploy_id=run.deploy_id,
                                        check=True, reporter=run.reporter)
             run.report.merge(outcome.report)
+            pending_migrations(run, conns, artifact)
             return run.finish(DeploySummary(
                 run.deploy_id, "deploy", "checked", version, outcome.message,
                 color=outcome.color, previous=outcome.previous, hosts=names,

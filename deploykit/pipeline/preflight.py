@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
-from deploykit.config import (
-    RenderedEnvCheck,
-)
+from deploykit.config import RenderedEnvCheck
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError
+from deploykit.inventory import Host
 from deploykit.pipeline.project import Project
 from deploykit.result import Result
+from deploykit.shell import quote
+from deploykit.task import Facts
 from deploykit.tasks import checks, postgres
 from deploykit.tasks.checks import PreflightReport
 
@@ -45,15 +47,38 @@ def preflight_checks(project: Project) -> dict[str, list[checks.Check]]:
                                            repo_dir=str(cfg.root), name="ci"))
     if pre.git_clean:
         controller.append(checks.git_clean(str(cfg.root), name="git-clean"))
-    for endpoint in pre.reachable:
+    for endpoint in pre.reachable:  # from the web hosts: they are the ones that connect
         selector, _, port = endpoint.rpartition(":")
         for h in project.inventory.select(selector):
-            controller.append(checks.reachable(int(port), address=h.address,
-                                               name=f"reachable {h.name}:{port}"))
+            web.append(ReachableFromHost(h.address, int(port),
+                                         name=f"reachable {h.name}:{port}"))
     if pre.required_secrets:
         controller.append(RenderedEnvCheck(project.env(), pre.required_secrets,
                                            min_length=pre.min_secret_length, name="secrets"))
     return {"web": web, "db": db if project.db is not None else [], "controller": controller}
+
+
+class ReachableFromHost(checks.CommandCheck):
+    """A TCP connection from each target host to ``address:port`` succeeds within
+    ``timeout`` (the web hosts reach the database; the controller need not)."""
+
+    kind: ClassVar[str] = "reachable"
+
+    def __init__(self, address: str, port: int, *, timeout: float = 3.0,
+                 name: str | None = None) -> None:
+        self.address, self.port = address, port
+        probe = f"exec 3<>/dev/tcp/{address}/{int(port)}"
+        super().__init__(f"timeout {timeout:g} bash -c {quote(probe)}", name=name)
+
+    def target(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def evaluate(self, host: Host | None, facts: Facts) -> checks.Verdict:
+        if facts["rc"] != 0:
+            why = (facts["output"].splitlines() or ["timed out"])[-1][:200]
+            return checks.Verdict([f"{self.target()} is not reachable from this host: {why}"],
+                                  data={"exit_code": facts["rc"]})
+        return checks.Verdict([], f"{self.target()} reachable", {"exit_code": 0})
 
 
 def check_skips(groups: Mapping[str, Sequence[checks.Check]], skip: Sequence[str]) -> None:

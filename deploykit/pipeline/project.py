@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ from deploykit.artifacts import Artifact
 from deploykit.config import (
     AppEnv,
     DeployConfig,
-    load_config,
+    merge_config,
+    parse_config,
+    read_config_data,
 )
 from deploykit.config import render_env as _render_env
 from deploykit.errors import ConfigError
@@ -37,6 +40,52 @@ CONFIG_ENV = "DEPLOYKIT_CONFIG"
 """Environment variable naming the deploykit.yml to use (default: ./deploykit.yml)."""
 STRATEGIES = ("bluegreen", "rolling", "canary")
 # == the project ==============================================================================
+
+
+ENV_VAR = "DEPLOYKIT_ENV"
+"""The environment to use when no ``-e/--environment`` is given (``production``)."""
+_ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+
+
+def environment_file(path: Path, environment: str) -> Path:
+    """``deploykit.<environment>.yml`` beside ``deploykit.yml``."""
+    if not _ENV_NAME.match(environment):
+        raise ConfigError(f"invalid environment {environment!r}: 1-32 lower-case letters, "
+                          f"digits, '-' or '_', starting with a letter")
+    return path.with_name(f"{path.stem}.{environment}{path.suffix}")
+
+
+def environments(path: Path) -> list[str]:
+    """The environments that have an override file beside ``path``."""
+    found = path.parent.glob(f"{path.stem}.*{path.suffix}")
+    names = [f.name[len(path.stem) + 1:-len(path.suffix)] for f in found]
+    return sorted(n for n in names if _ENV_NAME.match(n))
+
+
+def load_environment(path: str | os.PathLike[str], environment: str | None = None,
+                     inventory: str | os.PathLike[str] | None = None) -> DeployConfig:
+    """``deploykit.yml`` with ``deploykit.<environment>.yml``'s keys on top (default
+    environment: ``$DEPLOYKIT_ENV``; none: the base file alone). An environment's file
+    must name its own inventory (a production deploy never falls back to the lab's).
+    ``inventory`` (``--inventory PATH``, relative to the working directory) replaces the
+    inventory of either."""
+    base = Path(path).resolve()
+    data = read_config_data(base)
+    name = environment or os.environ.get(ENV_VAR) or None
+    if name:
+        extra = environment_file(base, name)
+        if not extra.exists():
+            known = ", ".join(environments(base)) or "none"
+            raise ConfigError(f"environment {name!r}: {extra} does not exist (environments "
+                              f"beside {base.name}: {known})")
+        override = read_config_data(extra)
+        if "inventory" not in override and inventory is None:
+            raise ConfigError(f"{extra}: an environment names its own inventory (inventory: "
+                              f"inventories/{name}.yml)")
+        data = merge_config(data, override)
+    if inventory is not None:
+        data["inventory"] = str(Path(inventory).resolve())
+    return parse_config(data, base)
 
 
 def config_path(c: Context | None = None) -> Path:
@@ -61,13 +110,24 @@ class Project:
     db: Host | None
     _env: AppEnv | None = None
 
+    environment: str | None = None
+
     @classmethod
     def load(cls, path: str | os.PathLike[str] = "deploykit.yml", *, host: str | None = None,
-             group: str | None = None) -> Project:
-        """Load ``deploykit.yml`` and its inventory; ``host``/``group`` narrow the web hosts
-        (they must be among the configured ones)."""
-        config = load_config(path)
-        inventory = Inventory.load(config.inventory)
+             group: str | None = None, environment: str | None = None,
+             inventory: str | os.PathLike[str] | None = None) -> Project:
+        """Load ``deploykit.yml`` (with the ``environment``'s overrides, see
+        :func:`load_environment`) and its inventory (or ``inventory``); ``host``/``group``
+        narrow the web hosts (they must be among the configured ones)."""
+        config = load_environment(path, environment, inventory)
+        found = Inventory.load(config.inventory)
+        project = cls._select(config, found, host, group)
+        project.environment = environment or os.environ.get(ENV_VAR) or None
+        return project
+
+    @classmethod
+    def _select(cls, config: DeployConfig, inventory: Inventory, host: str | None,
+                group: str | None) -> Project:
         web = inventory.select(config.web)
         if host and group:
             raise ConfigError("give --host or --group, not both")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -22,6 +21,7 @@ from deploykit.pipeline.run import (
     Run,
     data_of,
     journal_message,
+    temporary_dir,
 )
 from deploykit.strategies import bluegreen
 from deploykit.tasks import migrations, postgres, releases
@@ -214,13 +214,5 @@ def _migrations_source(project: Project, conn: Connection, steps: int) -> str | 
     versions = {r.id: r.version_to for r in journal.summarize_history(
         journal.history(conn, project.app, limit=400)) if r.kind == "deploy"}
     return versions.get(str(rows[0][0])) if rows else None
-
-
-@contextmanager
-def temporary_dir() -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="deploykit-") as tmp:
-        yield tmp
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets as secrets_module
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import journal, pg, retry
+from deploykit.artifacts import Artifact, unpack_migrations
 from deploykit.connection import Connection
 from deploykit.errors import ConnectError, DeployError, TaskError
 from deploykit.hooks import HookContext, HookError, Hooks, after_points
@@ -34,7 +36,7 @@ from deploykit.result import Result, RunReport, Status
 from deploykit.runner import Runner, Step
 from deploykit.secrets import Secret, redact
 from deploykit.task import Task
-from deploykit.tasks import notify, postgres
+from deploykit.tasks import migrations, notify, postgres
 from deploykit.tasks.checks import CONTROLLER
 
 log = logging.getLogger("deploykit.pipeline.run")
@@ -329,3 +331,34 @@ def data_of(report: RunReport, key: str) -> Any:
     return None
 
 
+@contextmanager
+def temporary_dir() -> Iterator[str]:
+    """A private temporary directory on the controller, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="deploykit-") as tmp:
+        yield tmp
+
+
+def pending_migrations(run: Run, conns: Mapping[str, Connection], artifact: Artifact) -> None:
+    """Check mode: the migrations ``artifact`` would apply to the app's database, listed
+    from the database itself (nothing is applied; nothing is kept on the controller)."""
+    project = run.project
+    if project.db is None or project.database is None:
+        return
+    with temporary_dir() as tmp:
+        directory = unpack_migrations(artifact, tmp)
+        found = migrations.load_migrations(directory)
+        if not found:
+            return
+        if not database_exists(conns[project.db.name], project.database):
+            names = ", ".join(m.id for m in found)
+            run.notes.append(f"database {project.database} does not exist yet: it would be "
+                             f"created and {len(found)} migration(s) applied: {names}")
+            return
+        part = run.run_phase([migrations.migrate(directory, database=project.database,
+                                                 name=f"migrations of {project.database}")],
+                             f"database: pending migrations of {project.database}",
+                             [project.db], conns, check=True)
+    todo = [r.diff for h in part.hosts.values() for r in h.results if r.changed]
+    pending = [line.split(":")[0] for d in todo for line in d.splitlines() if line.strip()]
+    run.notes.append(f"{len(pending)} pending migration(s)" + (f": {', '.join(pending)}"
+                                                             if pending else ""))

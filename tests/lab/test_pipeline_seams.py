@@ -1,5 +1,6 @@
-"""The one lock API through the real CLI on the lab (issue 21 items 1, 2, 11; issue 16's
-lock seams; issue 17 item 9).
+"""The pipeline's seams through the real CLI on the lab: the one lock API (issue 21 items
+1, 2, 11; issue 16's lock seams; issue 17 item 9) and refusals before changes (issue 17
+items 12, 15).
 
 A ``pre_deploy`` hook that waits for a file (only when ``DK_PAUSE`` is set) holds a real
 ``invoke deploy`` inside its lock for as long as a test needs: meanwhile the test ages the
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.lab
 __all__ = ["pipeline"]
 
 LOCK = f"/var/lib/deploykit/{APP}/lock"
+BACKUPS = f"/var/backups/{APP}"
 PAUSE_HOOK = """#!/bin/sh
+[ -z "$DK_TRACE" ] || echo "$DEPLOYKIT_HOOK $DEPLOYKIT_DEPLOY_ID" >> "$DK_TRACE"
 [ -n "$DK_PAUSE" ] || exit 0
 touch "$DK_PAUSE.waiting"
 i=0
@@ -220,3 +223,42 @@ def test_a_queued_deploy_interrupted_after_the_lock_keeps_what_the_other_deploye
         end = [e for e in fleet.history(host) if e["id"] == did and e["event"] == "end"]
         assert end and end[-1]["result"] == "aborted"
         assert end[-1]["version_from"] == "v2"  # what served when it had the lock
+
+
+def backups(p: Pipeline) -> list[str]:
+    found = p.lab.nsenter("db-1", ["sh", "-c", f"ls {BACKUPS} 2>/dev/null || :"]).stdout
+    return sorted(found.split())
+
+
+def test_check_mode_lists_the_pending_migrations(fleet: Pipeline) -> None:
+    fleet.ensure("v1")
+    before = {h: fleet.state(h) for h in HOSTS}
+    done = fleet.deploy("--version", "v2", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"1 pending migration\(s\): 0002\S*", done.stdout), done.stdout
+    assert {h: fleet.state(h) for h in HOSTS} == before
+
+
+def test_split_colours_are_refused_before_backup_and_hooks_and_a_noop_takes_no_backup(
+        fleet: Pipeline) -> None:
+    fleet.ensure("v1")
+    moved = fleet.deploy("--host", "web-2", "--version", "v2")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    kept = backups(fleet)
+    trace = fleet.root / "trace"
+    trace.unlink(missing_ok=True)
+    done = fleet.deploy("--version", "v2", extra_env={"DK_TRACE": str(trace)})
+    assert done.returncode == 1
+    [line] = error_lines(done.stderr)
+    assert "active colours differ across the fleet" in line, line
+    assert line.endswith("; nothing was changed"), line
+    assert backups(fleet) == kept  # no backup taken
+    assert not trace.exists()  # no pre_deploy hook ran
+    assert [fleet.serving(h) for h in WEB] == ["v1", "v2"]
+    # the fleet made whole on v2; deploying v2 again changes nothing and backs nothing up
+    fleet.ensure("v2")
+    kept = backups(fleet)
+    again = fleet.deploy("--version", "v2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "no backup: v2 already serves everywhere" in again.stdout
+    assert backups(fleet) == kept
