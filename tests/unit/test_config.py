@@ -315,3 +315,30 @@ def test_reachability_is_checked_from_the_web_hosts(tmp_path: Path,
     names = {c.name for c in groups["web"]}
     assert {"reachable db-1:5432", "reachable db-1:6379"} <= names
     assert not any(c.kind == "reachable" for c in groups["controller"])
+
+
+def test_strategy_runtime_and_their_settings(tmp_path: Path) -> None:
+    path = tmp_path / "deploykit.yml"
+    path.write_text(yaml.safe_dump({
+        "app": "shop", "strategy": "canary", "runtime": "compose",
+        "rolling": {"serial": "25%", "max_fail_percentage": 10, "drain": False},
+        "canary": {"steps": [5, 50, 100], "window": 30, "max_error_rate": 2,
+                   "max_p95_ms": 400, "min_requests": 10, "pause": True},
+        "compose": {"file": "compose.yml", "phases": [["db"], ["api", "worker"], ["web"]]}}))
+    cfg = load_config(path)
+    assert (cfg.strategy, cfg.runtime) == ("canary", "compose")
+    assert (cfg.rolling.serial, cfg.rolling.max_fail_percentage, cfg.rolling.drain) == \
+        ("25%", 10.0, False)
+    assert cfg.canary.steps == [5, 50, 100] and cfg.canary.pause and cfg.canary.window == 30
+    assert cfg.compose.file == tmp_path / "compose.yml"
+    assert cfg.compose.phases == [["db"], ["api", "worker"], ["web"]]
+    for bad, message in (({"runtime": "k8s"}, "runtime must be release or compose"),
+                         ({"rolling": {"serial": 0}}, "rolling.serial must be"),
+                         ({"rolling": {"serial": "150%"}}, "rolling.serial must be"),
+                         ({"canary": {"steps": [50, 10]}}, "canary.steps must be"),
+                         ({"canary": {"steps": [10, 50]}}, "canary.steps must be"),
+                         ({"canary": {"windw": 3}}, "did you mean 'window'"),
+                         ({"compose": {"phases": [["db"], []]}}, "compose.phases must be")):
+        path.write_text(yaml.safe_dump({"app": "shop", **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
