@@ -13,7 +13,7 @@ from deploykit.journal import LockLostError
 from deploykit.pipeline.events import Display, LogDisplay, PreflightDone
 from deploykit.pipeline.fleet import HostView, common_color, fleet_views, versions_from
 from deploykit.pipeline.preflight import check_skips, preflight, preflight_checks
-from deploykit.pipeline.project import Project, check_strategy, ensure_artifact
+from deploykit.pipeline.project import Project, ensure_artifact
 from deploykit.pipeline.run import (
     JOURNAL_RESULT,
     RESULT_OF,
@@ -24,9 +24,10 @@ from deploykit.pipeline.run import (
     journal_message,
     pending_migrations,
 )
+from deploykit.pipeline.strategy import StrategyRun, check_runtime, check_strategy, release_spec
 from deploykit.runner import Step, step
-from deploykit.strategies import bluegreen
-from deploykit.strategies.bluegreen import BlueGreen
+from deploykit.runtimes.release import ReleaseSpec
+from deploykit.strategies.base import ReleaseState, other
 from deploykit.task import Task
 from deploykit.tasks import http, nginx, releases, services
 
@@ -50,7 +51,7 @@ def restore_traffic(run: Run, conns: Mapping[str, Connection],
               http.wait_for_task(f"http://{{address}}{cfg.health_path}",
                                  json_expect={"status": "ok"}, retries=10, interval=0.3,
                                  name="verify: health through nginx")]
-    idle = f"{cfg.app}-{bluegreen.other(color)}"
+    idle = f"{cfg.app}-{other(color)}"
     started = {h.name for h in project.web
                if services.status(conns[h.name], idle).state not in ("STOPPED", "ABSENT")}
     steps.append(step(services.service(idle, "stopped", name=f"stop {idle}"),
@@ -79,6 +80,7 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
         raise ConfigError(f"no version to deploy: pass --version or set version in "
                           f"{cfg.path.name}")
     strategy = check_strategy(options.strategy or cfg.strategy)
+    check_runtime(cfg.runtime)
     project.env()  # resolve every reference before anything happens
     check_skips(preflight_checks(project), options.skip_checks)
     artifact = ensure_artifact(cfg, version, out)
@@ -106,7 +108,7 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
                                      "pre-flight failed: nothing was changed", hosts=names),
                        options.json_path)
             pre.raise_for_failures()
-        plan = project.plan(artifact)
+        plan = release_spec(project, artifact)
         if run.signals.requested:
             return run.finish(DeploySummary(run.deploy_id, "deploy", "aborted", version,
                                             f"interrupted ({run.signals.requested}) before "
@@ -114,8 +116,7 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
                               options.json_path)
         if options.check:
             out.title(f"{strategy}: what would change")
-            outcome = bluegreen.deploy(plan, project.web, project.db, deploy_id=run.deploy_id,
-                                       check=True, reporter=run.reporter)
+            outcome = StrategyRun.over(strategy, project, conns, plan, run, check=True).run()
             run.report.merge(outcome.report)
             pending_migrations(run, conns, artifact)
             return run.finish(DeploySummary(
@@ -125,8 +126,8 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
         return _deploy_locked(run, conns, plan, strategy, options)
 
 
-def _deploy_locked(run: Run, conns: Mapping[str, Connection], plan: BlueGreen, strategy: str,
-                   options: DeployOptions) -> DeploySummary:
+def _deploy_locked(run: Run, conns: Mapping[str, Connection], plan: ReleaseSpec,
+                   strategy: str, options: DeployOptions) -> DeploySummary:
     """Lock, then read the fleet (inside the lock: what another deploy changed while we
     waited is what we act on), refuse what must be refused before anything changes, back
     up, run the strategy; the journal's end entry and the outcome's events last."""
@@ -146,9 +147,10 @@ def _deploy_locked(run: Run, conns: Mapping[str, Connection], plan: BlueGreen, s
         out.line(f"   {cfg.app} locked on {', '.join(lock.hosts)} for deploy {run.deploy_id}")
         run.locked(lock)
         try:
+            driven = StrategyRun.over(strategy, project, conns, plan, run)
             before = fleet_views(conns, project.web, cfg.app)
             summary.previous = common_color(before)
-            refuse_split_colours(before)
+            refuse_split(driven)
             run.hook("pre_deploy")
             lock.check()
             if already_serving(before, plan):
@@ -159,8 +161,7 @@ def _deploy_locked(run: Run, conns: Mapping[str, Connection], plan: BlueGreen, s
             run.signals.checkpoint()
             lock.check()
             out.title(f"{strategy}: {cfg.app} {version}")
-            outcome = bluegreen.deploy(plan, project.web, project.db, deploy_id=run.deploy_id,
-                                       reporter=run.reporter)
+            outcome = driven.run()
             run.report.merge(outcome.report)
             summary.result = RESULT_OF[outcome.result]
             summary.message = outcome.message
@@ -193,16 +194,24 @@ class NothingChanged(DeployError):
     """A refusal found inside the lock, before any change."""
 
 
-def refuse_split_colours(views: Mapping[str, HostView]) -> None:
-    """Refuse (before any hook, backup or change) when the hosts serve different colours."""
-    colors = {v.color for v in views.values()}
-    if len(colors) > 1:
-        shown = ", ".join(f"{n} {v.color or 'none'}" for n, v in views.items())
-        raise NothingChanged(f"active colours differ across the fleet ({shown}); switch them "
-                             f"to one colour (invoke rollback, or deploy with --host) first")
+def refuse_split(driven: StrategyRun) -> None:
+    """Refuse (before any hook, backup or change) a fleet whose hosts serve different
+    colours or releases, each of them verified: a deliberate split (``--host``) that no
+    repair would change. A split left by a failed run (a host serving an unverified
+    release) goes on: the strategy repairs it first."""
+    fleet = driven.strategy.inspect(driven.ctx)
+    if not fleet.split:
+        return
+    verified = all(s.state_of(s.active_release) is ReleaseState.VERIFIED
+                   for s in fleet.hosts.values())
+    if verified:
+        shown = ", ".join(f"{n} {s.active_release or '-'} on {s.active or 'none'}"
+                          for n, s in fleet.hosts.items())
+        raise NothingChanged(f"active colours differ across the fleet ({shown}); bring the "
+                             f"hosts to one release first (invoke deploy --host ...)")
 
 
-def already_serving(views: Mapping[str, HostView], plan: BlueGreen) -> bool:
+def already_serving(views: Mapping[str, HostView], plan: ReleaseSpec) -> bool:
     """True when every host already serves this artifact (a no-op deploy: no backup)."""
     for view in views.values():
         live = view.live

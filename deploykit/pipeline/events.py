@@ -13,7 +13,6 @@ What prints events is a :class:`Display` (``deploykit.cli.Output`` on a terminal
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Protocol, TypeVar
 from deploykit.pipeline.signals import StopSignals
 from deploykit.result import Result, RunReport
 from deploykit.secrets import Secret, redact
+from deploykit.strategies.base import EventKind, Phase, PhaseEvent
 from deploykit.tasks.checks import PreflightReport
 
 __all__ = [
@@ -39,58 +39,33 @@ __all__ = [
     "RunEnded",
     "RunStarted",
     "StepFinished",
-    "phase_of",
+    "title_of",
 ]
 
 log = logging.getLogger("deploykit.pipeline")
 
 
-class Phase(enum.StrEnum):
-    """What a phase of a run does (hooks and notifications key on this, never on titles)."""
-
-    DATABASE = "database"
-    PREPARE = "prepare"
-    SWITCH = "switch"
-    FINISH = "finish"
-    MARK_FAILED = "mark_failed"
-    REASSERT = "reassert"
-    STOP_OLD = "stop_old"
-    PLAN = "plan"
-    BACKUP = "backup"
-    RESTORE = "restore"
-    ROLLBACK = "rollback"
-    OTHER = "other"
-
-
 TITLES: dict[Phase, str] = {
-    Phase.DATABASE: "database: create, check, migrate",
-    Phase.PREPARE: "prepare the idle colour",
+    Phase.INSPECT: "inspect the fleet",
+    Phase.INSTALL: "install the release on the idle colour",
+    Phase.POST_INSTALL: "database: create, check, migrate",
+    Phase.START: "prepare the idle colour",
     Phase.SWITCH: "switch traffic and verify it",
+    Phase.VERIFY: "verify through nginx",
     Phase.FINISH: "finish: current release, old releases pruned",
-    Phase.MARK_FAILED: "mark the release failed, stop its colour",
-    Phase.REASSERT: "re-assert the live colour",
     Phase.STOP_OLD: "stop the old colour",
-    Phase.PLAN: "plan (check mode)",
+    Phase.AFTER_FAILURE: "after the failure: put the fleet back",
+    Phase.ROLLBACK: "record the rollback",
+    Phase.REPAIR: "repair the split fleet",
 }
-"""A human title per phase (presentation only)."""
-
-_STEP_MARKS: tuple[tuple[str, Phase], ...] = (
-    ("postgres.database", Phase.DATABASE), ("health gate:", Phase.PREPARE),
-    ("verify:", Phase.SWITCH), ("releases.cleanup", Phase.FINISH),
-    ("releases.mark", Phase.MARK_FAILED), ("nginx: traffic to", Phase.REASSERT),
-    ("nginx.switch", Phase.PLAN))
+"""A human title per strategy phase (presentation only: nothing matches on titles)."""
 
 
-def phase_of(steps: Sequence[str]) -> Phase:
-    """The phase a runner's steps make up, for a strategy that does not name its phases
-    (the blue/green strategy's runners): one table, in this module only."""
-    text = " | ".join(steps)
-    for needle, phase in _STEP_MARKS:
-        if needle in text:
-            return phase
-    if steps and all(s.startswith("stop ") for s in steps):
-        return Phase.STOP_OLD
-    return Phase.OTHER
+def title_of(event: PhaseEvent) -> str:
+    """The title of a strategy phase (a generic step phase: its own label)."""
+    if event.phase is Phase.STEP or event.phase not in TITLES:
+        return event.detail or event.phase.value
+    return TITLES[event.phase]
 
 
 @dataclass(frozen=True)
@@ -254,23 +229,24 @@ class PhaseEvents:
         self.bus = bus
         self.signals = signals
         self.title: str | None = None
-        """The title of the next phase (set by the pipeline for its own phases)."""
+        """The title of the next phase (set from the strategy's phase event, or by the
+        pipeline for its own phases)."""
         self.next_phase: Phase | None = None
         self.phase = ""
         """The title of the running (or last) phase."""
-        self.kind = Phase.OTHER
-        self.guard: Callable[[], None] | None = None
-        """Called before each phase (the lock's check: it raises when the lock was lost)."""
+        self.kind = Phase.STEP
+
+    def strategy_event(self, event: PhaseEvent) -> None:
+        """A strategy's phase begins: its runner's phase takes this title and kind."""
+        if event.kind is EventKind.STARTED:
+            self.title, self.next_phase = title_of(event), event.phase
 
     def run_started(self, hosts: Sequence[str], steps: Sequence[str], check: bool) -> None:
-        """Stop here when asked to (a phase boundary) or when the lock was lost; else
-        announce the phase."""
+        """Stop here when asked to (a phase boundary); else announce the phase."""
         if self.signals is not None:
             self.signals.checkpoint()
-        if self.guard is not None:
-            self.guard()
-        self.kind = self.next_phase or phase_of(steps)
-        self.phase = self.title or TITLES.get(self.kind) or (steps[0] if steps else "run")
+        self.kind = self.next_phase or Phase.STEP
+        self.phase = self.title or (steps[0] if steps else "run")
         self.title = self.next_phase = None
         self.bus.emit(PhaseStarted(self.kind, self.phase, tuple(hosts), check))
 

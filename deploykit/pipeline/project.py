@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -30,7 +29,6 @@ from deploykit.inventory import Host, Inventory
 from deploykit.pg import PgSettings
 from deploykit.pipeline.events import Display
 from deploykit.secrets import Secret
-from deploykit.strategies.bluegreen import BlueGreen
 from deploykit.tasks import notify
 from deploykit.tasks.releases import ReleaseInfo
 
@@ -38,7 +36,6 @@ log = logging.getLogger("deploykit.pipeline.project")
 
 CONFIG_ENV = "DEPLOYKIT_CONFIG"
 """Environment variable naming the deploykit.yml to use (default: ./deploykit.yml)."""
-STRATEGIES = ("bluegreen", "rolling", "canary")
 # == the project ==============================================================================
 
 
@@ -191,19 +188,6 @@ class Project:
                 found += [password, Secret(urllib.parse.quote(password.reveal(), safe=""))]
         return found
 
-    def plan(self, artifact: Artifact, *, database: bool = True) -> BlueGreen:
-        """The blue/green plan for ``artifact`` with the configured settings."""
-        c = self.config
-        return BlueGreen(
-            c.app, artifact, self.env().text, database=self.database if database else None,
-            ports=c.ports, command=tuple(c.command), app_user=c.app_user,
-            server_name=c.server_name, health_path=c.health_path, version_path=c.version_path,
-            health_retries=c.health_retries, health_interval=c.health_interval,
-            latency_budget_ms=c.latency_budget_ms, verify_requests=c.verify_requests,
-            grace_seconds=c.grace_seconds, keep_releases=c.keep_releases,
-            verify_suite=str(c.verify_suite) if c.verify_suite else None,
-            verify_report_dir=str(c.runs))
-
     def notifier(self) -> notify.Notifier | None:
         """The configured webhooks, or None."""
         n = self.config.notify
@@ -247,18 +231,3 @@ def installed_artifact(config: DeployConfig, release: ReleaseInfo) -> Artifact:
                           f"only releases named after their version can be switched to")
     path = config.artifacts / f"{config.app}-{release.version}.tar.gz"
     return Artifact(config.app, release.version, path, release.sha256, 0)
-
-
-def check_strategy(name: str) -> str:
-    """``bluegreen``; the others are a ConfigError saying what is missing."""
-    if name == "bluegreen":
-        return name
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}: one of {', '.join(STRATEGIES)}")
-    if importlib.util.find_spec(f"deploykit.strategies.{name}") is None:
-        raise ConfigError(f"strategy {name!r} is not available yet (deploykit/strategies/ has "
-                          f"bluegreen only); use --strategy bluegreen")
-    raise ConfigError(f"strategy {name!r} exists (deploykit/strategies/{name}.py) but invoke "
-                      f"deploy drives bluegreen only so far; use --strategy bluegreen")
-
-

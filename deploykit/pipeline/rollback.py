@@ -13,7 +13,7 @@ from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError
 from deploykit.pipeline.events import Display, LogDisplay
 from deploykit.pipeline.fleet import HostView, common_color, fleet_views, versions_from
-from deploykit.pipeline.project import Project, ensure_artifact, installed_artifact
+from deploykit.pipeline.project import Project, ensure_artifact
 from deploykit.pipeline.run import (
     JOURNAL_RESULT,
     RESULT_OF,
@@ -23,43 +23,12 @@ from deploykit.pipeline.run import (
     journal_message,
     temporary_dir,
 )
-from deploykit.strategies import bluegreen
-from deploykit.tasks import migrations, postgres, releases
-from deploykit.tasks.releases import AppReleases, ReleaseInfo
+from deploykit.pipeline.strategy import StrategyRun, placeholder_artifact, release_spec
+from deploykit.tasks import migrations, postgres
 
 log = logging.getLogger("deploykit.pipeline.rollback")
 
 # == rollback =================================================================================
-
-
-def _rollback_target(app: str, views: Mapping[str, HostView], to: str | None) -> ReleaseInfo:
-    """The release to go back to, the same on every host: ``to``, else the newest good
-    release older than the live one."""
-    chosen: dict[str, ReleaseInfo] = {}
-    for name, view in views.items():
-        by_id = {r.release_id: r for r in view.releases}
-        state = AppReleases(app, releases.DEFAULT_ROOT, by_id)
-        if to is not None:
-            target = by_id.get(to)
-            if target is None or not target.good:
-                raise ConfigError(f"release {to} is not a good release on {name} "
-                                  f"(releases: {state.describe()})")
-        else:
-            live = view.live
-            if live is None:
-                raise ConfigError(f"{name} serves no release: nothing to roll back")
-            found = state.previous_good(live.release_id)
-            if found is None:
-                raise ConfigError(f"no good release before {live.release_id} on {name} "
-                                  f"(releases: {state.describe()})")
-            target = found
-        chosen[name] = target
-    ids = {(r.release_id, r.sha256) for r in chosen.values()}
-    if len(ids) != 1:
-        shown = ", ".join(f"{n} {r.release_id}" for n, r in chosen.items())
-        raise ConfigError(f"the hosts would roll back to different releases ({shown}); "
-                          f"name one with --to")
-    return next(iter(chosen.values()))
 
 
 def _last_backup(project: Project, conn: Connection) -> tuple[str, journal.DeployRecord]:
@@ -82,8 +51,9 @@ def _last_backup(project: Project, conn: Connection) -> tuple[str, journal.Deplo
 def rollback(project: Project, *, to: str | None = None, app: bool = True, db: bool = False,
              migrations_steps: int = 0, out: Display | None = None,
              json_path: str | None = None) -> DeploySummary:
-    """Roll back, under the lock, in this order: the app (blue/green to the previous good
-    release, or ``to``; the database's schema is left as it is), ``migrations_steps``
+    """Roll back, under the lock, in this order: the app (blue/green to what served before
+    the live release by the hosts' ledgers -- not by install time -- or ``to``, which must
+    have passed verification; the database's schema is left as it is), ``migrations_steps``
     migrations (down files of the release left), the database (``db``: the pre-deploy
     backup of the newest successful deploy, restored with swap; the current database is
     kept as ``<db>_old_<time>``)."""
@@ -113,7 +83,11 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
                 views = fleet_views(conns, project.web, cfg.app)
                 live = {v.version for v in views.values()}
                 left = next(iter(live)) if len(live) == 1 else None
-                target = _rollback_target(cfg.app, views, to) if app else None
+                driven = StrategyRun.over(
+                    "bluegreen", project, conns,
+                    release_spec(project, placeholder_artifact(cfg.app), database=False), run,
+                    migrate=False) if app else None
+                target = driven.rollback_target(to) if driven is not None else None
                 backup = _last_backup(project, conns[project.db.name]) \
                     if db and project.db else None
                 summary.version = run.version = \
@@ -126,7 +100,7 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
                 out.line(f"rollback {run.deploy_id}: {cfg.app}: "
                          + ", ".join(p for p in parts if p))
                 summary.result, summary.message = _rollback_steps(
-                    run, conns, target, left, migrations_steps, backup, summary)
+                    run, conns, driven, left, migrations_steps, backup, summary)
             except KeyboardInterrupt:
                 summary.result = "aborted"
                 summary.message = "interrupted; run invoke status to see where things are"
@@ -149,16 +123,14 @@ def rollback(project: Project, *, to: str | None = None, app: bool = True, db: b
     return run.finish(summary, json_path)
 
 
-def _rollback_steps(run: Run, conns: Mapping[str, Connection], target: ReleaseInfo | None,
+def _rollback_steps(run: Run, conns: Mapping[str, Connection], driven: StrategyRun | None,
                     left: str | None, steps: int, backup: tuple[str, Any] | None,
                     summary: DeploySummary) -> tuple[str, str]:
     project, cfg, out = run.project, run.project.config, run.out
     done: list[str] = []
-    if target is not None:
-        out.title(f"app: back to {target.release_id}")
-        plan = project.plan(installed_artifact(cfg, target), database=False)
-        outcome = bluegreen.deploy(plan, project.web, None, deploy_id=run.deploy_id,
-                                   reporter=run.reporter)
+    if driven is not None:
+        out.title(f"app: back to {driven.runtime.release_id}")
+        outcome = driven.rollback()
         run.report.merge(outcome.report)
         summary.color, summary.phases = outcome.color, outcome.phases
         if not outcome.ok:

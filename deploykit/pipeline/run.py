@@ -24,9 +24,7 @@ from deploykit.pipeline.events import (
     EventBus,
     LockTaken,
     Phase,
-    PhaseEnded,
     PhaseEvents,
-    PhaseStarted,
     RunEnded,
 )
 from deploykit.pipeline.fleet import connected
@@ -35,6 +33,7 @@ from deploykit.pipeline.signals import StopSignals
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import Runner, Step
 from deploykit.secrets import Secret, redact
+from deploykit.strategies.base import EventKind, PhaseEvent
 from deploykit.task import Task
 from deploykit.tasks import migrations, notify, postgres
 from deploykit.tasks.checks import CONTROLLER
@@ -113,7 +112,7 @@ class DeploySummary:
 
 RESULT_OF: dict[str, journal.DeployResult] = {
     "deployed": "succeeded", "unchanged": "succeeded", "failed": "failed",
-    "rolled_back": "rolled_back"}
+    "rolled_back": "rolled_back", "aborted": "aborted", "checked": "succeeded"}
 JOURNAL_RESULT: dict[str, journal.DeployResult] = {
     "succeeded": "succeeded", "failed": "failed", "rolled_back": "rolled_back",
     "aborted": "aborted", "checked": "succeeded"}
@@ -152,7 +151,7 @@ class Run:
         self.hooks = Hooks(cfg.hooks_dir, cfg.root, cfg.hook_timeout, echo=out.line,
                            secrets=self.secrets, record=self.report.add,
                            enabled=kind in ("deploy", "rollback") and not check)
-        self.events.subscribe(self._hooks_on, PhaseStarted, PhaseEnded)
+        self.lock: journal.FleetLock | None = None
         if kind in ("deploy", "rollback") and not check:
             self.events.subscribe(self._notify_on, LockTaken, RunEnded)
         if self.deploy_id == journal.outer_deploy_id():  # started by a hook, same second
@@ -169,14 +168,23 @@ class Run:
             message=redact(summary.message, self.secrets) if summary else "",
             config=self.project.config.path, nest_token=self.nest_token))
 
-    def _hooks_on(self, event: Event) -> None:
-        """pre_switch and post_switch hooks around the phase that moves traffic."""
-        if self.signals.cleaning:
+    def strategy_event(self, event: PhaseEvent) -> None:
+        """A strategy's typed phase event: the screen's next title, and the pre_switch /
+        post_switch hooks around the phase that moves traffic (a failing pre_switch hook
+        stops the run before the switch)."""
+        self.reporter.strategy_event(event)
+        if self.signals.cleaning or event.phase is not Phase.SWITCH:
             return
-        if isinstance(event, PhaseStarted) and event.phase is Phase.SWITCH:
+        if event.kind is EventKind.STARTED:
             self.hook("pre_switch")
-        elif isinstance(event, PhaseEnded) and event.phase is Phase.SWITCH and not event.failed:
+        elif event.kind is EventKind.FINISHED:
             self.hook("post_switch")
+
+    def checkpoint(self) -> None:
+        """Between phases: stop when interrupted, or when the lock is no longer ours."""
+        self.signals.checkpoint()
+        if self.lock is not None and not self.signals.cleaning:
+            self.lock.check()
 
     def _notify_on(self, event: Event) -> None:
         """The ``start`` notification once locked; the outcome's at the end."""
@@ -205,7 +213,7 @@ class Run:
     def locked(self, lock: journal.FleetLock) -> None:
         """Announce the lock (the start notification follows it); from now on every phase
         first checks that the lock is still ours."""
-        self.reporter.guard = lock.check
+        self.lock = lock
         self.events.emit(LockTaken(self.deploy_id, tuple(lock.hosts), lock.holder.who,
                                    tuple(b.describe() for b in lock.broken)))
 
@@ -255,7 +263,7 @@ class Run:
                 self.finish(failed, json_path)
             raise
 
-    def runner(self, steps: Sequence[Task | Step], title: str, phase: Phase = Phase.OTHER,
+    def runner(self, steps: Sequence[Task | Step], title: str, phase: Phase = Phase.STEP,
                **options: Any) -> Runner:
         """A runner for one phase of ours, titled ``title``."""
         self.reporter.title = title
@@ -263,7 +271,7 @@ class Run:
         return Runner(steps, reporter=self.reporter, run_id=self.deploy_id, **options)
 
     def run_phase(self, steps: Sequence[Task | Step], title: str, hosts: Sequence[Host],
-                  conns: Mapping[str, Connection], phase: Phase = Phase.OTHER,
+                  conns: Mapping[str, Connection], phase: Phase = Phase.STEP,
                   **options: Any) -> RunReport:
         """Run one phase of ours over ``hosts`` and merge its report."""
         part = self.runner(steps, title, phase, **options).run(hosts, connections=conns)
