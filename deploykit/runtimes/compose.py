@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError
@@ -33,6 +33,7 @@ from deploykit.runner import Step
 from deploykit.runtimes import ledger
 from deploykit.secrets import Secret
 from deploykit.shell import quote
+from deploykit.strategies import phased
 from deploykit.strategies.base import (
     COLORS,
     ColourState,
@@ -106,6 +107,11 @@ class ComposeSpec:
     verify_timeout: float = 300.0
     verify_report_dir: str = str(RUNS_DIR)
     database: None = None  # migrations come through the pipeline's post_install
+    phased: bool = False
+    """Start the colour's services in dependency order (``depends_on``), each gated on its
+    container health and its ``checks`` before the next phase starts (runbook 004)."""
+    checks: Mapping[str, Any] = field(default_factory=dict)
+    """Per service, extra :mod:`~deploykit.strategies.phased` checks (phased start only)."""
 
     def __post_init__(self) -> None:
         if sorted(self.ports) != sorted(COLORS):
@@ -174,15 +180,14 @@ class ComposeRuntime(Runtime):
     spec: ComposeSpec
 
     def __init__(self, spec: ComposeSpec) -> None:
-        self.spec = spec
-        self.plan = spec
-        self.app = spec.app
-        self.ledger_path = f"{compose.COMPOSE_ROOT}/{spec.app}.{ledger.LEDGER_FILE}"
+        super().__init__(spec, f"{compose.COMPOSE_ROOT}/{spec.app}.{ledger.LEDGER_FILE}")
         self._held: dict[tuple[str, str], ComposeRelease] = {}
 
-    @property
-    def release_id(self) -> str:
-        return self.spec.release_id
+    @classmethod
+    def reader(cls, app: str, ports: Mapping[str, int] | None = None) -> ComposeRuntime:
+        """A runtime for reading hosts only (``inspect``, the ledger), with no release."""
+        return cls(ComposeSpec(app, ComposeRelease("none", {}), {},
+                               ports=ports or {"blue": 8001, "green": 8002}))
 
     @property
     def version(self) -> str:
@@ -240,7 +245,23 @@ class ComposeRuntime(Runtime):
         ]
 
     def start_steps(self, color: str) -> StepList:
-        return self._up(color)
+        if not self.spec.phased:
+            return self._up(color)
+        return self.phased_steps(color) + self._up(color)
+
+    def phased_steps(self, color: str) -> StepList:
+        """The colour's services started phase by phase, each phase gated (see ``phased``);
+        the full ``compose up`` after them then finds everything running."""
+        spec = self.spec
+        services = phased.compose_stack(spec.project(color), spec.release.files,
+                                        spec.color_env(color), hosts="web",
+                                        checks=spec.checks, health_timeout=spec.health_timeout)
+        steps: StepList = []
+        for layer in phased.plan_phases(services):
+            for service in layer:
+                steps += service.start_tasks()
+                steps += [phased.check_step(service.name, c) for c in service.checks()]
+        return steps
 
     def gate_steps(self, color: str) -> StepList:
         spec = self.spec

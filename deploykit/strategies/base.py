@@ -340,6 +340,9 @@ class TrafficSettings(Protocol):
     def app(self) -> str: ...
 
     @property
+    def release_id(self) -> str: ...
+
+    @property
     def ports(self) -> Mapping[str, int]: ...
 
     @property
@@ -403,10 +406,15 @@ class Runtime(ABC):
         """What runs ``color`` (a supervisor program, a compose project)."""
         return f"{self.app}-{color}"
 
+    def __init__(self, spec: TrafficSettings, ledger_path: str) -> None:
+        self.spec = spec
+        self.app = spec.app
+        self.ledger_path = ledger_path
+
     @property
-    @abstractmethod
     def release_id(self) -> str:
         """The release this runtime deploys (the version, or the artifact's release id)."""
+        return self.spec.release_id
 
     @property
     def secrets(self) -> list[Secret]:

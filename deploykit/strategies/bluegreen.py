@@ -51,6 +51,7 @@ from deploykit.connection import Connection, connect_all
 from deploykit.errors import DeployError
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
+from deploykit.result import RunReport
 from deploykit.runner import step
 from deploykit.runtimes import ledger
 from deploykit.runtimes.compose import ComposeRuntime, ComposeSpec
@@ -58,6 +59,7 @@ from deploykit.runtimes.release import ReleaseRuntime, ReleaseSpec
 from deploykit.strategies.base import (
     COLORS,
     DeployOutcome,
+    EventKind,
     FleetState,
     HostOutcome,
     Outcome,
@@ -230,11 +232,12 @@ class BlueGreenStrategy(Strategy):
             steps.append(suite)
         return steps
 
-    def verify(self, ctx: StrategyContext, color: str) -> bool:
-        """Verify the live ``color`` through nginx (a release left unverified)."""
-        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color), undo="none",
-                                  color=color)
-        return not part.failed
+    def verify(self, ctx: StrategyContext, color: str) -> str | None:
+        """Verify the live ``color`` through nginx (a release left unverified): None when
+        it passed, else why not."""
+        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color),
+                                        undo="none", color=color)
+        return first_failure(part) if part.failed else None
 
     def finish(self, ctx: StrategyContext, color: str, previous: str | None) -> None:
         """``verified`` in the ledger, the runtime's finish (current link, pruning), the
@@ -290,11 +293,27 @@ class BlueGreenStrategy(Strategy):
         steps = self.switch_steps(ctx, idle, site_first=active is not None) \
             + self.verify_steps(ctx, idle)
         part = run.run(Phase.SWITCH, steps, color=idle)
+        names = [h.name for h in ctx.web]
         if part.failed:
             mark = any(r.failed and r.task.startswith("verify:")
                        for h in part.hosts.values() for r in h.results)
+            if mark:
+                ctx.emit(Phase.VERIFY, EventKind.FAILED, hosts=names, color=idle,
+                         detail=first_failure(part))
             hosts = self.after_failure(ctx, idle, mark=mark)
             return self._rolled_back(run, hosts, idle, active, part)
+        try:  # subscribers (post_switch hooks) may still reject the release
+            ctx.emit(Phase.VERIFY, EventKind.FINISHED, hosts=names, color=idle)
+        except DeployError as exc:
+            run.fail_host(names[0] if names else "?", "verify: after the switch", str(exc))
+            if active is not None:
+                run.run(Phase.AFTER_FAILURE, [nginx.switch(
+                    ctx.runtime.app, active, colors=ctx.runtime.spec.ports,
+                    name=f"nginx: traffic back to {active}")], undo="none", color=active,
+                    checkpoint=False)
+            hosts = self.after_failure(ctx, idle, mark=True)
+            return self._rolled_back(run, hosts, idle, active, run.report,
+                                     why=f"rejected after the switch: {exc}")
         self.finish(ctx, idle, active)
         previous = fleet.hosts[ctx.web[0].name].active_release if ctx.web else None
         if self.rolling_back and previous is not None and previous != release:
@@ -306,9 +325,10 @@ class BlueGreenStrategy(Strategy):
                                                             if active else ""))
 
     def _rolled_back(self, run: PhaseRunner, hosts: dict[str, HostOutcome], idle: str,
-                     active: str | None, part: object) -> DeployOutcome:
-        release = self.phases.ctx.runtime.release_id if self.phases else "?"
-        why = first_failure(part)  # type: ignore[arg-type]
+                     active: str | None, part: RunReport, why: str | None = None
+                     ) -> DeployOutcome:
+        release = run.ctx.runtime.release_id
+        why = why or first_failure(part)
         stuck = [o for o in hosts.values() if o.color == idle or not o.reachable]
         if not stuck:
             where = f"traffic switched back to {active or 'nothing'}"
@@ -344,7 +364,8 @@ class BlueGreenStrategy(Strategy):
             return run.outcome(self, "checked", active, active,
                                f"{release} serves on {active} but never passed "
                                f"verification on {', '.join(unverified)}: would verify it")
-        if self.verify(ctx, active):
+        why = self.verify(ctx, active)
+        if why is None:
             old = other(active)
             running = any(s.colors.get(old) and s.colors[old].running
                           for s in fleet.hosts.values())
@@ -352,10 +373,10 @@ class BlueGreenStrategy(Strategy):
             return run.outcome(self, "deployed", active, old,
                                f"{release} serves on {active}: verified now (it served "
                                f"unverified on {', '.join(unverified)})")
-        return self._switch_back_unverified(ctx, run, fleet, active)
+        return self._switch_back_unverified(ctx, run, fleet, active, why)
 
     def _switch_back_unverified(self, ctx: StrategyContext, run: PhaseRunner,
-                                fleet: FleetState, active: str) -> DeployOutcome:
+                                fleet: FleetState, active: str, why: str) -> DeployOutcome:
         """An unverified live release failed verification: the old colour is started
         (when stopped), gated and takes the traffic back; the release is ``failed``."""
         runtime, release, old = ctx.runtime, ctx.runtime.release_id, other(active)
@@ -371,7 +392,7 @@ class BlueGreenStrategy(Strategy):
         hosts = self.after_failure(ctx, active, mark=True)
         return run.outcome(self, "rolled_back", old, active,
                            f"{release} served on {active} without having passed "
-                           f"verification and failed it now; "
+                           f"verification and failed it now ({why}); "
                            + "; ".join(o.describe() for o in hosts.values()), hosts=hosts)
 
     def _repair(self, ctx: StrategyContext, run: PhaseRunner, fleet: FleetState) -> str | None:
@@ -467,7 +488,6 @@ def database_hook(runner: Callable[[StrategyContext], PhaseRunner],
 
 
 def _unreachable(error: DeployError, deploy_id: str) -> DeployOutcome:
-    from deploykit.result import RunReport
     report = RunReport(run_id=deploy_id)
     report.mark_unreachable(error.host or "?", str(error))
     report.finish()

@@ -67,13 +67,22 @@ from deploykit.strategies.analysis import (
     access_log,
     compare,
 )
-from deploykit.strategies.base import ReleaseState, StepList, StrategyContext, other
+from deploykit.strategies.base import (
+    DeployOutcome,
+    FleetState,
+    ReleaseState,
+    StepList,
+    Strategy,
+    StrategyContext,
+    other,
+)
 from deploykit.strategies.bluegreen import BlueGreenStrategy, database_hook, open_context
 from deploykit.strategies.phases import PhaseRunner, first_failure
 from deploykit.task import Task
 from deploykit.tasks import nginx
 
-__all__ = ["Canary", "CanaryOutcome", "StepReport", "abort", "deploy", "promote"]
+__all__ = ["Canary", "CanaryOutcome", "CanaryStrategy", "StepReport", "abort", "deploy",
+           "promote"]
 
 Traffic = Callable[[float], object]
 CanaryResult = Literal["deployed", "unchanged", "failed", "rolled_back", "paused", "checked"]
@@ -567,3 +576,63 @@ def _unreachable(error: DeployError, deploy_id: str) -> CanaryOutcome:
     report.finish()
     return CanaryOutcome("failed", None, None, report,
                          message=f"unreachable hosts ({error}); nothing was changed")
+
+
+class CanaryStrategy(Strategy):
+    """Canary deploys on the :class:`~deploykit.strategies.base.Strategy` protocol, on any
+    runtime whose colours listen on ports nginx weighs (``ctx.runtime.spec.ports``).
+
+    The settings are :class:`Canary`'s (``release`` comes from the context). ``pause``
+    and ``traffic`` as for :func:`deploy`; :meth:`promote` and :meth:`abort` continue or
+    roll back a paused canary over the same kind of context."""
+
+    name = "canary"
+
+    def __init__(self, *, steps: Sequence[int] = (5, 25, 50, 100), window: float = 60.0,
+                 thresholds: Thresholds | None = None, max_extensions: int = 2,
+                 on_inconclusive: Literal["rollback", "pause"] = "rollback",
+                 log: AccessLog | None = None, pause: bool | int = False,
+                 traffic: Traffic | None = None) -> None:
+        self.settings = dict(steps=tuple(steps), window=window,
+                             thresholds=thresholds or Thresholds(),
+                             max_extensions=max_extensions, on_inconclusive=on_inconclusive,
+                             log=log or AccessLog())
+        self.pause = pause
+        self.traffic = traffic
+
+    def canary(self, ctx: StrategyContext) -> Canary:
+        """The :class:`Canary` of ``ctx``'s release with these settings."""
+        spec = ctx.runtime.spec
+        assert isinstance(spec, ReleaseSpec | ComposeSpec)
+        return Canary(spec, **self.settings)  # type: ignore[arg-type]
+
+    def inspect(self, ctx: StrategyContext) -> FleetState:
+        """As blue/green's: the stable colour is the active one."""
+        return BlueGreenStrategy().inspect(ctx)
+
+    def run(self, ctx: StrategyContext) -> CanaryOutcome:  # type: ignore[override]
+        """Prepare the canary colour, then the weighted, analysed steps."""
+        return _Canary(self.canary(ctx), ctx, traffic=self.traffic, pause=self.pause).deploy()
+
+    def promote(self, ctx: StrategyContext, *, full: bool = False) -> CanaryOutcome:
+        """Continue a paused canary (``full``: straight to 100 %)."""
+        return _Canary(self.canary(ctx), ctx, traffic=self.traffic,
+                       pause=self.pause).resume(full)
+
+    def status(self, ctx: StrategyContext) -> tuple[str, str, int]:
+        """``(stable colour, canary colour, canary weight %)`` of a canary of
+        ``ctx.runtime``'s release in progress; raises DeployError when there is none or the
+        hosts disagree."""
+        run = _Canary(self.canary(ctx), ctx)
+        stable = run.inspect()
+        if stable is None:
+            raise DeployError(f"no colour of {ctx.runtime.app} serves traffic: no canary")
+        return stable, other(stable), run.current_weight(stable, other(stable))
+
+    def abort(self, ctx: StrategyContext) -> CanaryOutcome:
+        """Roll a paused canary back (the release is not marked failed)."""
+        return _Canary(self.canary(ctx), ctx).abort()
+
+    def rollback(self, ctx: StrategyContext) -> DeployOutcome:
+        """A rollback is a blue/green one (the target needs no canary analysis)."""
+        return BlueGreenStrategy().rollback(ctx)

@@ -58,13 +58,20 @@ from deploykit.report import Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import batches
 from deploykit.secrets import Secret
-from deploykit.strategies.base import Outcome, StrategyContext
+from deploykit.strategies.base import (
+    ColourState,
+    FleetState,
+    HostState,
+    Outcome,
+    Strategy,
+    StrategyContext,
+)
 from deploykit.strategies.bluegreen import BlueGreen, database_hook, open_context
 from deploykit.strategies.phases import PhaseRunner, first_failure
 from deploykit.task import Task
 from deploykit.tasks import files, http, nginx, releases, services
 
-__all__ = ["Rolling", "RollingOutcome", "deploy"]
+__all__ = ["Rolling", "RollingOutcome", "RollingStrategy", "deploy"]
 
 
 @dataclass(frozen=True)
@@ -486,3 +493,57 @@ def deploy(plan: Rolling, web: Sequence[Host], db: Host | None = None, *, deploy
         if db is not None and plan.database:
             ctx.post_install = database_hook(lambda c: run.runner, plan.as_bluegreen(), db)
         return run.run()
+
+
+class RollingStrategy(Strategy):
+    """Rolling deploys on the :class:`~deploykit.strategies.base.Strategy` protocol: the
+    context's runtime (a :class:`~deploykit.runtimes.release.ReleaseRuntime`) gives the
+    release; these settings say how to roll it out (see :class:`Rolling`)."""
+
+    name = "rolling"
+
+    def __init__(self, *, port: int = 8000, serial: int | str = 1,
+                 max_fail_percentage: float = 0.0, balancer: Host | None = None,
+                 balancer_name: str | None = None, balancer_listen: int | str = 80) -> None:
+        self.port = port
+        self.serial = serial
+        self.max_fail_percentage = max_fail_percentage
+        self.balancer = balancer
+        self.balancer_name = balancer_name
+        self.balancer_listen = balancer_listen
+
+    def plan(self, ctx: StrategyContext) -> Rolling:
+        """The :class:`Rolling` plan of ``ctx``'s release runtime with these settings."""
+        spec = ctx.runtime.spec
+        if not isinstance(spec, BlueGreen) or spec.env is None:
+            raise ConfigError("rolling deploys need the release runtime (runtime: release) "
+                              "with the environment's content")
+        return Rolling(spec.app, spec.artifact, spec.env, database=spec.database,
+                       port=self.port, command=spec.command, app_user=spec.app_user,
+                       health_path=spec.health_path, version_path=spec.version_path,
+                       health_retries=spec.health_retries, health_interval=spec.health_interval,
+                       serial=self.serial, max_fail_percentage=self.max_fail_percentage,
+                       balancer_name=self.balancer_name, balancer_listen=self.balancer_listen,
+                       server_name=spec.server_name, keep_releases=spec.keep_releases,
+                       startsecs=spec.startsecs, startretries=spec.startretries,
+                       env_mode=spec.env_mode, env_owner=spec.env_owner,
+                       verify_suite=spec.verify_suite, verify_timeout=spec.verify_timeout,
+                       verify_report_dir=spec.verify_report_dir)
+
+    def inspect(self, ctx: StrategyContext) -> FleetState:
+        """Each host's ``current`` release (one colour: ``active`` is None)."""
+        hosts = {}
+        for host in ctx.web:
+            infos = releases.list_releases(ctx.conn(host.name), ctx.runtime.app)
+            current = next((i.release_id for i in infos if "current" in i.links), None)
+            hosts[host.name] = HostState(host.name, None,
+                                         {"current": ColourState("current", current)})
+        return FleetState(hosts)
+
+    def run(self, ctx: StrategyContext) -> RollingOutcome:  # type: ignore[override]
+        """The rolling deploy over ``ctx`` (the balancer's connection must be in it)."""
+        return _Rolling(self.plan(ctx), ctx, self.balancer).run()
+
+    def rollback(self, ctx: StrategyContext) -> RollingOutcome:  # type: ignore[override]
+        """Roll ``ctx.runtime``'s (installed, earlier) release out again, batch by batch."""
+        return self.run(ctx)

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.lab
 
 APP = "sampleapp"
 WEB = ("web-1", "web-2")
-CONF_D = "/etc/nginx/conf.d"
+NGINX_STATE = "/etc/nginx/deploykit"  # where nginx changes are staged
 SUPERVISOR = "/etc/supervisor/supervisord.conf"
 
 
@@ -64,15 +64,16 @@ class Fleet:
     ssh: Callable[[str], Connection]
     count: int = 0
 
-    def plan(self, version: str, header: str = "") -> BlueGreen:
+    def plan(self, version: str, header: str = "", database: str | None = APP) -> BlueGreen:
         env = Secret(header + self.env.reveal()) if header else self.env
-        return BlueGreen(APP, self.artifacts[version], env, database=APP,
+        return BlueGreen(APP, self.artifacts[version], env, database=database,
                          latency_budget_ms=300.0, grace_seconds=0.5)
 
-    def deploy(self, version: str, header: str = "",
-               reporter: StepWire | None = None) -> bluegreen.DeployOutcome:
+    def deploy(self, version: str, header: str = "", reporter: StepWire | None = None,
+               database: str | None = APP) -> bluegreen.DeployOutcome:
+        """Deploy ``version`` (``database=None``: no migrations, for v1 after v2)."""
         self.count += 1
-        return bluegreen.deploy(self.plan(version, header), self.web, self.db,
+        return bluegreen.deploy(self.plan(version, header, database), self.web, self.db,
                                 deploy_id=f"test-sb-{self.count}-{version}", reporter=reporter)
 
     def sh(self, host: str, script: str) -> str:
@@ -128,7 +129,7 @@ def story(lab: Lab, lab_inventory: Inventory, lab_connection: Callable[[str], Co
                     app_env(db, APP), faults, lab_connection)
     finally:
         for host in WEB:
-            faults.unfill(host, CONF_D)
+            faults.unfill(host, NGINX_STATE)
             faults.heal(host)
         lab.reset()
         with pg.connect(lab_connection("db-1")) as conn:
@@ -141,11 +142,11 @@ def test_a_switch_back_that_fails_on_one_host_leaves_that_host_serving(story: Fl
     env_before = {h: story.live_env_sha(h) for h in WEB}
 
     wire = StepWire().before("web-2", r"^verify: latency",
-                             lambda: story.faults.fill("web-2", CONF_D))
+                             lambda: story.faults.fill("web-2", NGINX_STATE))
     try:
         outcome = story.deploy("v4-slow", header="# a new environment\n", reporter=wire)
     finally:
-        story.faults.unfill("web-2", CONF_D)
+        story.faults.unfill("web-2", NGINX_STATE)
     wire.assert_fired()
     assert outcome.result == "rolled_back", outcome.message
     # web-1 is back on blue/v2; web-2 could not be switched back and still serves
@@ -180,10 +181,10 @@ def test_a_host_lost_mid_switch_is_repaired_to_the_last_verified_release(
     wire = StepWire().before("web-2", r"^verify: health",
                              lambda: story.faults.partition("web-2"))
     try:
-        outcome = story.deploy("v1", reporter=wire)
+        outcome = story.deploy("v1", reporter=wire, database=None)
     finally:
         story.faults.heal("web-2")
-    wire.assert_fired()
+    assert not wire.wires, outcome.message
     assert outcome.result == "rolled_back", outcome.message
     assert story.serving("web-1") == (200, "v2")
     assert story.program("web-1", "green") == "STOPPED"
@@ -269,7 +270,7 @@ def test_rollback_restores_the_previous_release_with_its_own_env_file(story: Fle
     import hashlib
     served_env = hashlib.sha256(story.env.reveal().encode()).hexdigest()
     assert {story.live_env_sha(h) for h in WEB} == {served_env}  # v2, as deployed last
-    newer = story.deploy("v1", header="# v1's own environment\n")
+    newer = story.deploy("v1", header="# v1's own environment\n", database=None)
     assert newer.result == "deployed", newer.message
     assert {story.live_env_sha(h) for h in WEB} != {served_env}
 

@@ -15,6 +15,7 @@ import pytest
 from deploykit.artifacts import Artifact
 from deploykit.errors import ConfigError
 from deploykit.runtimes import ledger
+from deploykit.runtimes.compose import ComposeRelease, ComposeRuntime, ComposeSpec
 from deploykit.runtimes.ledger import Entry
 from deploykit.runtimes.release import ReleaseRuntime, ReleaseSpec
 from deploykit.secrets import Secret
@@ -151,3 +152,29 @@ def test_ledger_lines_round_trip_and_torn_lines_are_skipped() -> None:
     line = Entry("v2", V, "d1", "green", 12.5, False, "/srv/shop/env/v2-abc.env").to_line()
     assert ledger.parse(line + "\n{\"release\": \"v3\", \"sta\n") == [
         Entry("v2", V, "d1", "green", 12.5, False, "/srv/shop/env/v2-abc.env")]
+
+
+# -- phased compose startup ---------------------------------------------------------------------
+
+STACK = """\
+services:
+  api:
+    image: shop:2
+    depends_on: [db, cache]
+  db:
+    image: postgres:15
+  cache:
+    image: redis:7
+"""
+
+
+def test_a_phased_compose_colour_starts_its_services_in_dependency_order() -> None:
+    spec = ComposeSpec("shop", ComposeRelease("2", {"docker-compose.yml": STACK}),
+                       {"TOKEN": Secret("t")}, phased=True)
+    names = [getattr(s, "label", None) or s.name for s in ComposeRuntime(spec).start_steps("blue")]
+    assert names[:6] == ["start db", "health db", "start cache", "health cache", "start api",
+                         "health api"], names
+    assert names[6] == "compose up shop-blue"  # then the whole project, already running
+    plain = ComposeRuntime(ComposeSpec("shop", spec.release, {}))
+    assert plain.start_steps("blue")[0].name == \
+        "compose up shop-blue"
