@@ -207,15 +207,14 @@ class Project:
 
 
 def ensure_artifact(config: DeployConfig, version: str, out: Display | None = None) -> Artifact:
-    """``<artifacts>/<app>-<version>.tar.gz``: the one already built, else built now from
-    ``source``."""
-    path = config.artifacts / f"{config.app}-{artifacts.check_name('version', version)}.tar.gz"
-    if path.exists():
-        return Artifact.from_file(path, app=config.app, version=version)
-    started = time.monotonic()
-    built = artifacts.build(config.source, app=config.app, version=version,
-                            out_dir=config.artifacts, wheelhouse=config.wheelhouse)
-    if out is not None:
+    """The artifact of ``source`` as it is now, in ``<artifacts>/<app>-<version>-<digest>.tar.gz``:
+    the one already built from the same inputs (reused), else built now. A changed source
+    is never shipped under an old tarball of the same version label."""
+    started, wall = time.monotonic(), time.time()
+    built = artifacts.ensure(config.source, app=config.app,
+                             version=artifacts.check_name("version", version),
+                             out_dir=config.artifacts, wheelhouse=config.wheelhouse)
+    if out is not None and built.path.stat().st_mtime >= wall - 1:  # built now, not reused
         out.line(f"built {built.path.name} ({built.size / 1e6:.1f} MB, sha256 "
                  f"{built.sha256[:12]}) in {time.monotonic() - started:.1f} s")
     return built
