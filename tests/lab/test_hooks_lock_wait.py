@@ -209,7 +209,7 @@ def test_lock_wait_takes_the_lock_once_the_holder_is_done(project: Pipeline) -> 
     pipeline.outputs += [out, stderr]
     assert released.is_set() and proc.returncode == 0, out + stderr
     [waiting] = [x for x in lines if "waiting up to" in x]
-    assert waiting.startswith("   waiting up to 3 min 00 s for the lock: locked by ")
+    assert waiting.startswith("   waiting up to 3 min for the lock: locked by ")
     assert "(deploy test-holder-7, pid " in waiting
     did = deploy_id(out)
     assert f"deploy {did}: succeeded" in out and pipeline.serving("web-1") == "v1"

@@ -239,9 +239,9 @@ def test_lock_wait_reporter_shows_the_holder_once_then_progress() -> None:
     held = LockHeldError("locked by a@ctl (deploy d1, pid 4) since t on web-1; held for 3 s")
     reporter(held, 1)
     reporter(LockHeldError(held.message.replace("3 s", "5 s")), 65)
-    assert lines == ["   waiting up to 5 min 00 s for the lock: locked by a@ctl (deploy d1, "
+    assert lines == ["   waiting up to 5 min for the lock: locked by a@ctl (deploy d1, "
                      "pid 4) since t on web-1; held for 3 s",
-                     "   still waiting for the lock: 1 min 05 s of 5 min 00 s"]
+                     "   still waiting for the lock: 65 s of 5 min"]
     stop = threading.Event()
 
     def interrupted() -> None:
