@@ -66,6 +66,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from deploykit.envfile import env_line
 from deploykit.errors import ConfigError
 from deploykit.inventory import Host
 from deploykit.pg import PgSettings
@@ -760,16 +761,16 @@ def database_url(config: DeployConfig, db: Host) -> Secret:
 
 
 def render_env(config: DeployConfig, db: Host | None) -> AppEnv:
-    """Render ``env`` into the app's ``.env`` (``KEY=value`` lines, values quoted when they
-    hold spaces or quotes), resolving every reference (see the module docstring)."""
+    """Render ``env`` into the app's ``.env`` (``KEY=value`` lines quoted by
+    :func:`deploykit.envfile.env_line`: no line break of any kind, inert when sourced by a
+    shell), resolving every reference (see the module docstring)."""
     lines: list[str] = []
     secrets: list[Secret] = []
     values: dict[str, Secret] = {}
     for key, raw in config.env.items():
         where = f"{config.path.name}: env.{key}"
         value, used = resolve(raw, _db_lookup(config, db, where), where)
-        if "\n" in value:
-            raise ConfigError(f"{config.path.name}: env.{key} holds a line break")
+        line = env_line(key, value, where=where)  # refuses what cannot be written safely
         secrets += used
         for s in used:  # the password inside a URL is percent-encoded: redact that form too
             encoded = urllib.parse.quote(s.reveal(), safe="")
@@ -778,8 +779,7 @@ def render_env(config: DeployConfig, db: Host | None) -> AppEnv:
         if used:
             secrets.append(Secret(value))
         values[key] = Secret(value)
-        shown = f'"{value}"' if re.search(r"[\s'\"#]", value) and '"' not in value else value
-        lines.append(f"{key}={shown}")
+        lines.append(line)
     if db is not None and config.database.name:
         password = PgSettings.from_host(db).password
         if password is not None:  # never shown even when no env value holds it

@@ -175,12 +175,28 @@ def test_render_env_builds_urls_from_the_inventory_and_encodes_the_password(
     assert env.text.reveal() == (
         f"DATABASE_URL=postgresql://app:{encoded}@198.18.0.13:5433/shop\n"
         "REDIS_URL=redis://198.18.0.13:6380/0\n"
-        "DB_HOST=198.18.0.13\nAPP=shop\nPRICE=$5\nGREETING=\"hello world\"\n")
+        "DB_HOST=198.18.0.13\nAPP=shop\nPRICE='$5'\nGREETING='hello world'\n")
     assert str(env.text) == "********"
     # the raw password, its encoded form and the whole URL are redacted everywhere
     line = f"dsn=postgresql://app:{encoded}@x raw={PASSWORD}"
     assert PASSWORD not in redact(line, env.secrets) and encoded not in redact(line, env.secrets)
     assert env.values["DB_HOST"].reveal() == "198.18.0.13"
+
+
+@pytest.mark.parametrize("value", ["a\rDISK_MIN_FREE_MB=999999999", "a\u2028B=1", "a\x0bB=1"])
+def test_render_env_refuses_every_line_break(tmp_path: Path, value: str) -> None:
+    """Issue 21 item 9: a carriage return (or any break a line splitter honours) would give
+    the app an extra variable; the message names the key, never the value."""
+    cfg = parse(tmp_path, db=None, env={"INJ": value})
+    with pytest.raises(ConfigError, match=r"env\.INJ") as raised:
+        render_env(cfg, None)
+    assert "999999999" not in str(raised.value)
+
+
+def test_render_env_is_inert_when_sourced(tmp_path: Path) -> None:
+    """Issue 21 item 12: command substitution and variables stay text for a shell."""
+    cfg = parse(tmp_path, db=None, env={"CMD": "$(touch /tmp/pwned) `id` $HOME"})
+    assert render_env(cfg, None).text.reveal() == "CMD='$(touch /tmp/pwned) `id` $HOME'\n"
 
 
 def test_env_and_file_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
