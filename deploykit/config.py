@@ -118,6 +118,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "backup": Key("bool", True, "back the database up before every deploy's migrations"),
         "backup_keep_last": Key("count?", 10, "backups kept (newest); others are removed"),
         "backup_keep_days": Key("number?", None, "also keep backups younger than this"),
+        "old_database_keep_days": Key("number?", 7.0, "invoke prune keeps databases a restore "
+                                      "set aside (<db>_old_*) younger than this; the newest "
+                                      "one always"),
     },
     "preflight": {
         "disk_paths": Key("paths", ["/"], "paths whose free space is checked on every host"),
@@ -369,6 +372,7 @@ class DatabaseConfig:
     backup: bool = True
     backup_keep_last: int | None = 10
     backup_keep_days: float | None = None
+    old_database_keep_days: float | None = 7.0
 
 
 @dataclass(frozen=True)

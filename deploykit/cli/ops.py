@@ -294,11 +294,16 @@ def prune_task(c: Context, keep: int = 0, yes: bool = False,
     settings = fleet_prune.PruneSettings(
         cfg.app, keep=keep or cfg.keep_releases,
         database=project.database, backup_keep_last=cfg.database.backup_keep_last,
-        backup_keep_days=cfg.database.backup_keep_days, lock_ttl=cfg.lock_ttl)
+        backup_keep_days=cfg.database.backup_keep_days,
+        old_database_keep_days=cfg.database.old_database_keep_days, lock_ttl=cfg.lock_ttl)
     out = Output(secrets=project.known_secrets())
     web = [h.name for h in project.web]
     with connected(project.hosts, out.secrets) as conns:
         plan = fleet_prune.find(conns, web, project.db.name if project.db else None, settings)
+        if plan.kept:
+            out.line("kept, and why:")
+            for item in plan.kept:
+                out.line(f"   {item.host:<8} keep {item.kind:<9} {item.name}  ({item.detail})")
         if not plan.items:
             out.line(f"nothing to prune (keeping {settings.keep} good releases per web host)")
             return

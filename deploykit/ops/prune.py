@@ -19,10 +19,10 @@ What goes (:func:`find`, read-only: the list is shown first):
 
 What stays and why is listed too (:attr:`PrunePlan.kept`).
 
-:func:`remove` (``--yes``) takes the deploy lock on the hosts involved (all or
-nothing: a running deploy is never pruned under), removes, and writes a
-``prune`` entry (what was removed, what failed) in each host's history as the
-lock is released.
+:func:`remove` (``--yes``) takes the deploy lock on the hosts involved through the
+one lock API (:func:`deploykit.journal.fleet_lock`: all or nothing, a running deploy
+is never pruned under, a live holder's lock is never broken), removes, and writes a
+``prune`` entry (what was removed, what failed) in each host's history.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from deploykit import journal, pg
 from deploykit.connection import Connection
-from deploykit.errors import ConfigError, DeployError, LockHeldError
+from deploykit.errors import ConfigError, DeployError
 from deploykit.tasks import postgres, releases, retention
 from deploykit.tasks.releases import AppReleases, CleanupTask
 
@@ -229,46 +229,28 @@ def remove(conns: Mapping[str, Connection], plan: PrunePlan, settings: PruneSett
     hosts = plan.hosts
     if not hosts:
         return {}
-    holder = journal.LockHolder.for_this_process(op_id, settings.app)
-    attempts: dict[str, journal.LockAttempt | DeployError] = {}
-
-    def take(name: str) -> None:
-        try:
-            attempts[name] = journal.acquire_lock(conns[name], settings.app, holder,
-                                                  ttl=settings.lock_ttl)
-        except DeployError as exc:
-            attempts[name] = exc
-
-    with ThreadPoolExecutor(max_workers=min(10, len(hosts))) as pool:
-        list(pool.map(take, hosts))
-    taken = [n for n, a in attempts.items() if isinstance(a, journal.LockAttempt) and a.acquired]
-    if len(taken) < len(hosts):
-        for name in taken:
-            journal.release_lock(conns[name], settings.app, holder)
-        problems = [a.held_by.describe() if isinstance(a, journal.LockAttempt) and a.held_by
-                    else str(a) for a in attempts.values()
-                    if not (isinstance(a, journal.LockAttempt) and a.acquired)]
-        raise LockHeldError("prune: nothing removed: " + "; ".join(problems))
     outcome: dict[str, tuple[list[str], list[str]]] = {}
+    # the one lock API: all or nothing, heartbeat, a live holder's lock never broken
+    with journal.fleet_lock([conns[n] for n in hosts], settings.app, op_id,
+                            ttl=settings.lock_ttl, kind="prune", record=False) as lock:
+        who = lock.holder.who
 
-    def work(name: str) -> None:
-        conn = conns[name]
-        removed: list[str] = []
-        problems: list[str] = []
-        try:
-            removed, problems = _remove_on(conn, plan, settings)
-        except DeployError as exc:
-            problems.append(exc.message)
-        finally:
+        def work(name: str) -> None:
+            conn = conns[name]
+            removed: list[str] = []
+            problems: list[str] = []
+            try:
+                removed, problems = _remove_on(conn, plan, settings)
+            except DeployError as exc:
+                problems.append(exc.message)
             outcome[name] = (removed, problems)
             entry = journal.HistoryEntry(
-                event=EVENT, id=op_id, app=settings.app, kind=EVENT, who=holder.who,
-                host=name, time=holder.started,
-                result="failed" if problems else "succeeded",
+                event=EVENT, id=op_id, app=settings.app, kind=EVENT, who=who, host=name,
+                time=lock.holder.started, result="failed" if problems else "succeeded",
                 message="; ".join([f"removed {', '.join(removed) or 'nothing'}", *problems]),
                 data={"removed": removed, "keep": settings.keep})
-            journal.release_lock(conn, settings.app, holder, entries=[entry])
+            journal.append_history(conn, settings.app, [entry])
 
-    with ThreadPoolExecutor(max_workers=min(10, len(hosts))) as pool:
-        list(pool.map(work, hosts))
+        with ThreadPoolExecutor(max_workers=min(10, len(hosts))) as pool:
+            list(pool.map(work, hosts))
     return {n: outcome[n] for n in hosts}

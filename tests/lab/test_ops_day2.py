@@ -296,18 +296,23 @@ def test_prune_lists_first_and_removes_only_with_yes(deployed: Ops) -> None:
                    "for i in 1 2 3 4; do echo x > sampleapp-b$i.dump; "
                    "echo s > sampleapp-b$i.dump.sha256; "
                    "touch -d \"-$((10 - i)) hours\" sampleapp-b$i.dump; done")
-    with pg.connect(ops.ssh("db-1")) as session:
+    with pg.connect(ops.ssh("db-1")) as session:  # set aside by two restores, both old
+        session.execute('CREATE DATABASE "sampleapp_old_20250101T000000Z"')
         session.execute('CREATE DATABASE "sampleapp_old_20260101T000000Z"')
 
     before = _fleet_state(ops)
     listed = ops.cli("prune", "--keep", "1")
     assert listed.returncode == 0, listed.stderr
-    rows = [line.split()[:3] for line in listed.stdout.splitlines() if line.startswith("   ")]
+    removal = listed.stdout.split("to remove")[1]
+    rows = [line.split()[:3] for line in removal.splitlines() if line.startswith("   ")]
     assert rows == [["web-1", "release", "a2"], ["web-1", "release", "a1"],
                     ["web-2", "release", "a2"], ["web-2", "release", "a1"],
-                    ["db-1", "database", "sampleapp_old_20260101T000000Z"],
+                    ["db-1", "database", "sampleapp_old_20250101T000000Z"],
                     ["db-1", "backup", "sampleapp-b1.dump"],
                     ["db-1", "backup", "sampleapp-b2.dump"]]
+    # the newest set-aside database is the only copy of what was written after its backup
+    kept = listed.stdout.split("to remove")[0]
+    assert "sampleapp_old_20260101T000000Z" in kept and "kept, and why" in kept, listed.stdout
     assert "nothing removed: run again with --yes" in listed.stdout
     assert _fleet_state(ops) == before
     assert all(ops.history(h, "prune") == [] for h in (*WEB, "db-1"))
@@ -322,7 +327,7 @@ def test_prune_lists_first_and_removes_only_with_yes(deployed: Ops) -> None:
         assert sorted(entry["data"]["removed"]) == ["release a1", "release a2"]
     assert after["backups"].split() == ["sampleapp-b3.dump", "sampleapp-b3.dump.sha256",
                                         "sampleapp-b4.dump", "sampleapp-b4.dump.sha256"]
-    assert after["databases"] == ["sampleapp"]
+    assert after["databases"] == ["sampleapp", "sampleapp_old_20260101T000000Z"]
     [entry] = ops.history("db-1", "prune")
-    assert "database sampleapp_old_20260101T000000Z" in entry["data"]["removed"]
-    assert ops.cli("prune", "--keep", "1").stdout.startswith("nothing to prune")
+    assert "database sampleapp_old_20250101T000000Z" in entry["data"]["removed"]
+    assert "nothing to prune" in ops.cli("prune", "--keep", "1").stdout
