@@ -25,6 +25,8 @@ non-zero; they never show a traceback for a ``DeployError``.
 
 from __future__ import annotations
 
+import traceback
+
 
 class DeployError(Exception):
     """Base of every error deploykit raises on purpose.
@@ -128,3 +130,17 @@ class RollbackError(DeployError):
 
 class LabError(DeployError):
     """The lab fleet could not be built, inspected or torn down."""
+
+
+def unexpected(exc: BaseException) -> tuple[str, str]:
+    """``(message, traceback)`` for an exception deploykit did not raise on purpose
+    (a KeyError in a task, a psycopg, redis, paramiko or JSON error).
+
+    The message is one line naming the exception, followed by the traceback, as
+    Ansible's MODULE FAILURE shows it: enough to report the bug, while the run goes on
+    to mark the host failed and undo what it changed.
+    """
+    trace = "".join(traceback.format_exception(exc)).rstrip("\n")
+    text = str(exc) if not isinstance(exc, KeyError) else repr(exc.args[0]) if exc.args else ""
+    head = f"unexpected error {type(exc).__name__}" + (f": {text}" if text else "")
+    return f"{head}\n{trace}", trace

@@ -19,6 +19,13 @@ The path line is ``type mode owner group uid gid size sha256 link_target``::
 (and the checksum was asked for), ``link_target`` is base64 (a link target
 may hold any byte, spaces and newlines included) or ``-``.
 
+Both snippets also exist as :class:`FactRequest` values, which
+:func:`python_probe` answers for many paths at once with **one** ``python3``
+process printing exactly what the snippets print: the runner's batched probe of
+a whole host then starts one process instead of two or three per path (stat,
+sha256sum, base64: about 76 processes for the benchmark's 27 steps). Hosts
+without python3 run the snippets.
+
 The module also holds the small helpers file tasks share: modes given as
 ``0o644`` or ``"0644"``, and the unified diff of two contents.
 """
@@ -28,7 +35,10 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from deploykit.errors import ConfigError, TaskError
 from deploykit.shell import quote
@@ -36,6 +46,7 @@ from deploykit.shell import quote
 __all__ = [
     "ABSENT",
     "DIFF_LIMIT",
+    "FactRequest",
     "PathFacts",
     "content_diff",
     "content_script",
@@ -45,6 +56,8 @@ __all__ = [
     "parse_mode",
     "parse_path",
     "path_script",
+    "python_probe",
+    "request_script",
 ]
 
 DIFF_LIMIT = 256 * 1024
@@ -227,3 +240,115 @@ def content_diff(old: bytes | None, new: bytes, path: str) -> str:
         fromfile="/dev/null" if old is None else path, tofile=path)
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                    for line in lines).rstrip("\n")
+
+
+# -- many paths in one process --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FactRequest:
+    """One read a file task needs: ``path`` facts (:func:`path_script`) or a file's
+    ``content`` (:func:`content_script`), as a value the runner can batch."""
+
+    kind: Literal["path", "content"]
+    path: str
+    checksum: bool = True
+    limit: int = 0
+
+
+def path_request(path: str, *, checksum: bool = True) -> FactRequest:
+    """The :func:`path_script` read of ``path`` as a request."""
+    return FactRequest("path", path, checksum=checksum)
+
+
+def content_request(path: str, *, limit: int) -> FactRequest:
+    """The :func:`content_script` read of ``path`` as a request."""
+    return FactRequest("content", path, limit=limit)
+
+
+def request_script(requests: Sequence[FactRequest]) -> str:
+    """The shell snippets printing what ``requests`` ask for, in order."""
+    return "\n".join(path_script(r.path, checksum=r.checksum) if r.kind == "path"
+                     else content_script(r.path, limit=r.limit) for r in requests)
+
+
+# Runs on the host under python3 (3.6 or later, standard library only), given the
+# requests as JSON in argv[1]; prints what the shell snippets print, one section per
+# task between marker lines, then one "canonical" section listing the tasks none of
+# whose paths goes through a symlink (their facts can be kept across other changes).
+_PROBE_PROGRAM = r"""
+import base64, grp, hashlib, json, os, pwd, stat, sys
+marker, tasks = json.loads(sys.argv[1])
+out = sys.stdout.buffer
+def name(lookup, ident):
+    try:
+        return lookup(ident)[0]
+    except KeyError:
+        return "UNKNOWN"
+def attrs(st):
+    return "%o %s %s %d %d %d" % (st.st_mode & 0o7777, name(pwd.getpwuid, st.st_uid),
+                                  name(grp.getgrgid, st.st_gid), st.st_uid, st.st_gid,
+                                  st.st_size)
+def digest(path):
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest() + "  -"
+def path_facts(path, checksum):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "absent\n"
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        target = base64.b64encode(os.readlink(path)).decode()
+        return "link %s\ntarget %s\n" % (attrs(st), target)
+    if stat.S_ISREG(mode):
+        return "file %s\n" % attrs(st) + ("sha256 %s\n" % digest(path) if checksum else "")
+    kind = "directory" if stat.S_ISDIR(mode) else "other"
+    return "%s %s\n" % (kind, attrs(st))
+def content(path, limit):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ""
+    if not stat.S_ISREG(st.st_mode):
+        return ""
+    if st.st_size > limit:
+        return "content-too-large\n"
+    try:
+        with open(path, "rb") as f:
+            return "content %s\n" % base64.b64encode(f.read()).decode()
+    except OSError:
+        return "content \n"
+canonical = []
+for index, requests in tasks:
+    text, plain = [], True
+    for kind, encoded, checksum, limit in requests:
+        path = base64.b64decode(encoded)
+        parent = os.path.dirname(path) or b"/"
+        plain = plain and os.path.realpath(parent) == parent
+        text.append(path_facts(path, checksum) if kind == "path" else content(path, limit))
+    out.write(("%s %d\n%s\n" % (marker, index, "".join(text))).encode())
+    if plain:
+        canonical.append(str(index))
+out.write(("%s canonical\n%s\n" % (marker, " ".join(canonical))).encode())
+"""
+
+
+def python_probe(marker: str, tasks: Sequence[tuple[int, Sequence[FactRequest]]]) -> str:
+    """A shell command answering every task's requests with one python3 process.
+
+    Prints, per task, ``<marker> <index>`` then exactly what :func:`request_script`
+    would print, then an empty line; last, ``<marker> canonical`` and the indexes of
+    the tasks none of whose paths has a symlink among its parent directories.
+    """
+    payload = [[index, [[r.kind, base64.b64encode(r.path.encode("utf-8", "surrogateescape"))
+                         .decode(), r.checksum, r.limit] for r in requests]]
+               for index, requests in tasks]
+    return (f"python3 -I -S -c {quote(_PROBE_PROGRAM)} "
+            f"{quote(json.dumps([marker, payload], separators=(',', ':')))}")

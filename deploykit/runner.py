@@ -2,14 +2,26 @@
 
 * Hosts run in parallel in a bounded pool (``forks``, default 10), one SSH
   connection each, opened in parallel; the steps of one host run in order.
-* Before its first step, a host's probes are batched into **one** round trip;
-  the facts stay valid until a step changes something, after which every
-  later step probes for itself (facts are never trusted after a change).
+* Before its first step, a host's probes are batched into **one** round trip
+  (file facts answered by one python3 process on the host, not a process per
+  path). A change makes stale the facts of what it touched: a task that says
+  which paths it touches (:meth:`Task.touches`) leaves the facts of other paths
+  in place (unless a path goes through a symlink); any other change drops every
+  fact read ahead, and later steps probe for themselves.
 * ``serial`` splits the hosts into batches (a count or ``"30%"``); handlers run
   at the end of each batch on the hosts that notified them and did not fail
   (``force_handlers`` runs them on failed hosts too).
 * A failing host stops its own steps; the others go on unless more than
-  ``max_fail_percentage`` of the batch failed, which aborts the run.
+  ``max_fail_percentage`` of the hosts *of its batch* failed (each batch is
+  judged alone, as Ansible does: with ``serial=2, max_fail_percentage=50`` one
+  failure per batch never aborts), or more than ``max_fail_total`` hosts failed
+  in the whole run (an optional run-wide budget). Either aborts the run: the
+  batch's other hosts stop before their next step and later batches do not
+  start. A failing handler fails its host like a failing step (counted, undone).
+* Any exception fails only its host: a :class:`~deploykit.errors.DeployError`
+  with its message, anything else (a bug, a library's error) with its traceback
+  in the report, like Ansible's MODULE FAILURE; the undo runs either way, and an
+  undo action that raises does not stop the others.
 * ``retries``/``until``/``delay`` per step; ``when`` skips a step by a host-vars
   condition (a Jinja2 expression such as ``"app_port > 8000"``, or a callable).
 * Undo: tasks push undo actions as they change things. On failure the runner
@@ -31,19 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
-
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import ConfigError, ConnectError, DeployError
+from deploykit.facts import FactRequest, python_probe, request_script
+from deploykit.hostargs import host_context, jinja_environment
 from deploykit.inventory import Host
 from deploykit.report import NullReporter, Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.secrets import Secret
-from deploykit.task import Facts, Task, UndoStack
+from deploykit.task import Facts, Task, UndoStack, failed_unexpectedly
 
 Condition = str | Callable[[Mapping[str, Any]], bool]
 UndoScope = Literal["host", "fleet", "none"]
-_jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 @dataclass
@@ -79,15 +90,18 @@ class _HostRun:
     undo: UndoStack = field(default_factory=UndoStack)
     notified: set[str] = field(default_factory=set)
     failed: bool = False
+    batch: int = 0
 
 
 def evaluate(condition: Condition, host: Host) -> bool:
     """Evaluate a ``when`` condition against a host's vars (plus ``inventory_hostname``)."""
-    context = {**host.vars, "inventory_hostname": host.name, "group_names": list(host.groups)}
+    context = host_context(host)
     if callable(condition):
         return bool(condition(context))
+    import jinja2
+
     try:
-        return bool(_jinja.compile_expression(condition)(**context))
+        return bool(jinja_environment().compile_expression(condition)(**context))
     except jinja2.TemplateError as exc:
         raise ConfigError(f"condition {condition!r}: {exc}", host=host.name) from None
 
@@ -119,6 +133,7 @@ class Runner:
         forks: int = 10,
         serial: int | str | None = None,
         max_fail_percentage: float | None = None,
+        max_fail_total: int | None = None,
         force_handlers: bool = False,
         undo: UndoScope = "host",
         check: bool = False,
@@ -140,7 +155,18 @@ class Runner:
             raise ConfigError(f"undo must be 'host', 'fleet' or 'none', not {undo!r}")
         self.forks = forks
         self.serial = serial
+        if max_fail_percentage is not None and not 0 <= max_fail_percentage <= 100:
+            raise ConfigError(f"max_fail_percentage must be from 0 to 100, "
+                              f"not {max_fail_percentage!r}")
+        if max_fail_total is not None and (isinstance(max_fail_total, bool)
+                                           or not isinstance(max_fail_total, int)
+                                           or max_fail_total < 0):
+            raise ConfigError(f"max_fail_total must be a count of hosts (0 or more), "
+                              f"not {max_fail_total!r}")
         self.max_fail_percentage = max_fail_percentage
+        """Abort when more than this percentage of one batch's hosts failed."""
+        self.max_fail_total = max_fail_total
+        """Abort when more than this many hosts failed over the whole run."""
         self.force_handlers = force_handlers
         self.undo_scope = undo
         self.check = check
@@ -149,6 +175,9 @@ class Runner:
         self.connect_timeout = connect_timeout
         self._aborted = threading.Event()
         self._abort_reason = ""
+        self._failures_lock = threading.Lock()
+        self._failed_per_batch: dict[int, int] = {}
+        self._batch_sizes: dict[int, int] = {}
         self._given: dict[str, Connection] = {}
         self.logs: dict[str, list[LoggedCommand]] = {}
         """After :meth:`run`: every command sent, per host (secrets redacted)."""
@@ -172,17 +201,19 @@ class Runner:
                                   self.check)
         runs: dict[str, _HostRun] = {}
         try:
-            for batch in groups:
+            for number, batch in enumerate(groups, start=1):
                 if self._aborted.is_set():
                     for host in batch:
                         report.add(Result(host.name, "(run)", Status.SKIPPED,
                                           message=f"not started: {self._abort_reason}"))
                     continue
-                batch_runs = [_HostRun(h) for h in batch]
+                batch_runs = [_HostRun(h, batch=number) for h in batch]
+                self._batch_sizes[number] = len(batch)
                 runs.update((r.host.name, r) for r in batch_runs)
-                self._in_pool(batch_runs, functools.partial(self._run_host, report=report,
-                                                            batch_size=len(batch)))
-                self._in_pool(batch_runs, lambda r: self._flush_handlers(r, report))
+                self._in_pool(batch_runs, functools.partial(self._guarded, self._run_host,
+                                                            report=report))
+                self._in_pool(batch_runs, functools.partial(self._guarded, self._flush_handlers,
+                                                            report=report))
             if self.undo_scope == "fleet" and any(r.failed for r in runs.values()):
                 self._in_pool(list(runs.values()), lambda r: self._unwind(r, report))
         finally:
@@ -206,88 +237,135 @@ class Runner:
         with ThreadPoolExecutor(max_workers=min(self.forks, len(runs))) as pool:
             list(pool.map(work, runs))
 
-    def _fail_threshold_crossed(self, failed: int, batch_size: int) -> bool:
-        if self.max_fail_percentage is None:
-            return False
-        return failed * 100 / batch_size > self.max_fail_percentage
+    def _guarded(self, work: Callable[[_HostRun, RunReport], None], run: _HostRun,
+                 report: RunReport) -> None:
+        """Run ``work`` for one host; an exception it lets out (a bug in a condition, a
+        reporter or the runner) fails that host instead of ending the whole run."""
+        try:
+            work(run, report)
+        except Exception as exc:
+            result = failed_unexpectedly(Result(run.host.name, "(run)", Status.FAILED), exc)
+            self._finish_step(run, report, result)
 
-    def _run_host(self, run: _HostRun, report: RunReport, batch_size: int) -> None:
+    def _run_host(self, run: _HostRun, report: RunReport) -> None:
         host = run.host
         conn = self._given.get(host.name) or Connection(host,
                                                         connect_timeout=self.connect_timeout)
         try:
             conn.open()
         except ConnectError as exc:
-            run.failed = True
             report.mark_unreachable(host.name, str(exc))
             self.reporter.host_failed(host.name, str(exc))
-            self._note_failure(report, batch_size)
+            self._host_failed(run)
             return
         run.conn = conn
-        todo: list[tuple[int, Step]] = []
-        for index, st in enumerate(self.steps):
+        todo: list[tuple[Step, Task]] = []
+        for st in self.steps:
             try:
                 if st.when is None or evaluate(st.when, host):
-                    todo.append((index, st))
+                    todo.append((st, self._for_host(st.task, host, report)))
                 else:
                     report.add(Result(host.name, st.label, Status.SKIPPED,
                                       message=f"condition is false: {st.when}"))
             except ConfigError as exc:
                 self._finish_step(run, report, Result(host.name, st.label, Status.FAILED,
-                                                      message=exc.message), batch_size)
+                                                      message=exc.message))
                 return
-        prefetched = prefetch(conn, [st.task for _, st in todo])
-        for position, (_, st) in enumerate(todo):
+        tasks = [task for _, task in todo]
+        prefetched = read_ahead(conn, tasks)
+        for position, (st, task) in enumerate(todo):
             if self._aborted.is_set():
                 report.add(Result(host.name, st.label, Status.SKIPPED,
                                   message=f"not run: {self._abort_reason}"))
                 continue
             self.reporter.step_started(host.name, st.label)
-            result = self._attempt(st, run, prefetched.get(position))
+            result = self._attempt(st, task, run, prefetched.facts.pop(position, None))
             if result.changed and not self.check:
-                prefetched.clear()  # the host changed: later steps probe afresh
+                prefetched.after_change(tasks, position)  # never trust a stale fact
             if result.changed:
                 run.notified.update(st.notify)
-            if not self._finish_step(run, report, result, batch_size, st.ignore_errors):
+            if not self._finish_step(run, report, result, st.ignore_errors):
                 return
 
-    def _finish_step(self, run: _HostRun, report: RunReport, result: Result, batch_size: int,
+    def _finish_step(self, run: _HostRun, report: RunReport, result: Result,
                      ignore_errors: bool = False) -> bool:
         """Record a step's result; on failure stop the host (and maybe the run)."""
         report.add(result)
         self.reporter.step_finished(result)
         if not result.failed or ignore_errors:
             return True
-        run.failed = True
-        self._note_failure(report, batch_size)
+        self._host_failed(run)
         if self.undo_scope == "host":
             self._unwind(run, report)
         return False
 
-    def _note_failure(self, report: RunReport, batch_size: int) -> None:
-        failed = sum(1 for h in report.hosts.values() if h.failed)
-        if self._fail_threshold_crossed(failed, batch_size) and not self._aborted.is_set():
-            self._abort_reason = (f"{failed} of {batch_size} hosts failed, more than "
-                                  f"max_fail_percentage={self.max_fail_percentage:g}%")
-            self._aborted.set()
+    def _host_failed(self, run: _HostRun) -> None:
+        """Count a host's first failure against its batch and the run; abort the run
+        when ``max_fail_percentage`` (of the batch) or ``max_fail_total`` is exceeded."""
+        with self._failures_lock:
+            if run.failed:
+                return
+            run.failed = True
+            in_batch = self._failed_per_batch[run.batch] = \
+                self._failed_per_batch.get(run.batch, 0) + 1
+            total = sum(self._failed_per_batch.values())
+            size = self._batch_sizes.get(run.batch, 1)
+            reason = ""
+            if self.max_fail_percentage is not None \
+                    and in_batch * 100 / size > self.max_fail_percentage:
+                reason = (f"{in_batch} of {size} hosts of batch {run.batch} failed, more than "
+                          f"max_fail_percentage={self.max_fail_percentage:g}%")
+            elif self.max_fail_total is not None and total > self.max_fail_total:
+                reason = f"{total} hosts failed, more than max_fail_total={self.max_fail_total}"
+            if reason and not self._aborted.is_set():
+                self._abort_reason = reason
+                self._aborted.set()
 
-    def _attempt(self, st: Step, run: _HostRun, facts: Facts | None) -> Result:
-        """Run a step with its retries/until policy."""
+    @staticmethod
+    def _for_host(task: Task, host: Host, report: RunReport) -> Task:
+        """The task as it runs on ``host`` (per-host arguments resolved); its secrets
+        join the run's, to be redacted everywhere."""
+        built = task.for_host(host)
+        if built is not task:
+            report.secrets.extend(s for s in built.secrets if s not in report.secrets)
+        return built
+
+    def _attempt(self, st: Step, task: Task, run: _HostRun, facts: Facts | None) -> Result:
+        """Run a step's task (built for the host) with its retries/until policy;
+        never raises."""
         assert run.conn is not None
         attempts = st.retries + 1
-        result = st.task.run(run.conn, check=self.check, facts=facts, undo=run.undo)
-        for attempt in range(2, attempts + 1):
-            if self._satisfied(st, result):
-                break
-            time.sleep(st.delay)
-            result = st.task.run(run.conn, check=self.check, undo=run.undo)
-            result.data["attempts"] = attempt
-        if st.until is not None and not result.failed and not st.until(result):
-            result.status = Status.FAILED
-            result.message = f"until condition not met after {attempts} attempt(s)"
+        result = self._run_task(task, run, facts)
+        try:
+            for attempt in range(2, attempts + 1):
+                if self._satisfied(st, result):
+                    break
+                time.sleep(st.delay)
+                result = self._run_task(task, run, None)
+                result.data["attempts"] = attempt
+            if st.until is not None and not result.failed and not st.until(result):
+                result.status = Status.FAILED
+                result.message = f"until condition not met after {attempts} attempt(s)"
+        except Exception as exc:  # a bug in an until= callable
+            result = failed_unexpectedly(result, exc)
         if st.name:
             result.task = st.name
         return result
+
+    def _run_task(self, task: Task, run: _HostRun, facts: Facts | None) -> Result:
+        """``task.run`` on the host's connection; an exception a task's own ``run`` lets
+        out becomes a failed result with its traceback."""
+        assert run.conn is not None
+        started = time.monotonic()
+        try:
+            return task.run(run.conn, check=self.check, facts=facts, undo=run.undo)
+        except DeployError as exc:
+            return Result(run.host.name, task.name, Status.FAILED, message=exc.message,
+                          duration=time.monotonic() - started, check=self.check)
+        except Exception as exc:
+            return failed_unexpectedly(Result(run.host.name, task.name, Status.FAILED,
+                                              duration=time.monotonic() - started,
+                                              check=self.check), exc)
 
     @staticmethod
     def _satisfied(st: Step, result: Result) -> bool:
@@ -296,6 +374,8 @@ class Runner:
         return st.until(result) if st.until is not None else True
 
     def _flush_handlers(self, run: _HostRun, report: RunReport) -> None:
+        """Run the notified handlers on one host; a failing handler fails the host like a
+        step (it counts against ``max_fail_*`` and unwinds the host's undo stack)."""
         if run.conn is None or not run.notified or (run.failed and not self.force_handlers):
             return
         for name, tasks in self.handlers.items():
@@ -303,12 +383,16 @@ class Runner:
                 continue
             for task in tasks:
                 self.reporter.step_started(run.host.name, f"handler: {name}")
-                result = task.run(run.conn, check=self.check, undo=run.undo)
+                try:
+                    built = self._for_host(task, run.host, report)
+                except ConfigError as exc:
+                    failed = Result(run.host.name, f"handler: {name}", Status.FAILED,
+                                    message=exc.message)
+                    self._finish_step(run, report, failed)
+                    return
+                result = self._run_task(built, run, None)
                 result.task = f"handler: {name}"
-                report.add(result)
-                self.reporter.step_finished(result)
-                if result.failed:
-                    run.failed = True
+                if not self._finish_step(run, report, result):
                     return
         run.notified.clear()
 
@@ -321,31 +405,78 @@ class Runner:
         entry.undo_failed.extend(failed)
 
 
-def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
-    """Probe many tasks in one round trip; returns facts by task position.
+@dataclass
+class Prefetched:
+    """Facts read ahead for a host's steps, by step position, and which of them stay
+    valid across a change to another path (``canonical``: read by the one-process
+    probe, none of their paths going through a symlink)."""
 
-    Each probe runs in its own subshell between marker lines. A task whose
-    section cannot be parsed is left out and probes for itself later.
+    facts: dict[int, Facts] = field(default_factory=dict)
+    canonical: set[int] = field(default_factory=set)
+
+    def after_change(self, tasks: Sequence[Task], position: int) -> None:
+        """Forget what the change made by ``tasks[position]`` may have made stale: the
+        facts of every path it touches, and everything when its reach is unknown."""
+        touched = tasks[position].touches()
+        if touched is None or position not in self.canonical:
+            self.facts.clear()
+            return
+        hit = set(touched)
+        for index in list(self.facts):
+            requests = tasks[index].probe_requests()
+            if index not in self.canonical or requests is None \
+                    or any(r.path in hit for r in requests):
+                del self.facts[index]
+
+
+def prefetch(conn: Connection, tasks: Sequence[Task]) -> dict[int, Facts]:
+    """Probe many tasks in one round trip; returns facts by task position."""
+    return read_ahead(conn, tasks).facts
+
+
+def read_ahead(conn: Connection, tasks: Sequence[Task]) -> Prefetched:
+    """Probe many tasks in one round trip (see :class:`Prefetched`).
+
+    Tasks whose probe is file-fact requests are answered by one python3 process on
+    the host (their shell snippets when the host has no python3); the others' probes
+    each run in their own subshell. Every probe's output sits between marker lines.
+    A task whose section cannot be parsed is left out and probes for itself later.
     """
     marker = f"__deploykit_{_random.token_hex(8)}__"
-    parts = []
+    requested: list[tuple[int, Sequence[FactRequest]]] = []
+    shell_parts: list[str] = []
     for i, task in enumerate(tasks):
+        requests = task.probe_requests()
+        if requests:
+            requested.append((i, requests))
+            continue
         if task.probe_script().strip() in ("", ":"):
             continue  # probes elsewhere (SQL, Redis, HTTP): nothing to batch
-        parts.append(f"printf '%s\\n' '{marker} {i}'\n( {task.probe_script()}\n)\nprintf '\\n'")
-    if not parts:
-        return {}
+        shell_parts.append(_section(marker, i, task.probe_script()))
+    script = "\n".join(shell_parts)
+    if requested:
+        fallback = "\n".join(_section(marker, i, request_script(r)) for i, r in requested)
+        script = (f"if command -v python3 >/dev/null 2>&1; then "
+                  f"{python_probe(marker, requested)}\nelse\n{fallback}\nfi\n{script}")
+    if not script:
+        return Prefetched()
     try:
-        out = conn.run("\n".join(parts), write=False, check=False).stdout
+        out = conn.run(script, write=False, check=False).stdout
     except DeployError:
-        return {}
-    facts: dict[int, Facts] = {}
-    sections = out.split(f"{marker} ")
-    for section in sections[1:]:
+        return Prefetched()
+    found = Prefetched()
+    for section in out.split(f"{marker} ")[1:]:
         index_text, _, body = section.partition("\n")
+        if index_text == "canonical":
+            found.canonical = {int(x) for x in body.split() if x.isdigit()}
+            continue
         try:
             index = int(index_text)
-            facts[index] = tasks[index].parse(body[:-1] if body.endswith("\n") else body)
+            found.facts[index] = tasks[index].parse(body[:-1] if body.endswith("\n") else body)
         except (ValueError, IndexError, KeyError, DeployError):
             continue
-    return facts
+    return found
+
+
+def _section(marker: str, index: int, probe: str) -> str:
+    return f"printf '%s\\n' '{marker} {index}'\n( {probe}\n)\nprintf '\\n'"

@@ -24,18 +24,28 @@ directly (``task.run(conn)``) or hand it to :class:`deploykit.runner.Runner`.
 
 from __future__ import annotations
 
+import secrets as _random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from deploykit.connection import Connection
-from deploykit.errors import DeployError
+from deploykit.connection import CommandResult, Connection
+from deploykit.errors import DeployError, unexpected
+from deploykit.facts import FactRequest
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret
 
+if TYPE_CHECKING:
+    from deploykit.inventory import Host
+
 Facts = dict[str, Any]
+
+AFTER_APPLY = "__probed_after_apply__"
+"""Key in a task's facts holding its probe's output read right after apply, in the same
+round trip as the change (:meth:`Task.run_then_probe`); :meth:`Task.changed_after_apply`
+parses it instead of probing again."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,8 @@ class UndoStack:
                 undone.append(action.description)
             except DeployError as exc:
                 failed.append(f"{action.description}: {exc.message}")
+            except Exception as exc:  # an undo's bug must not stop the other undos
+                failed.append(f"{action.description}: {unexpected(exc)[0]}")
         return undone, failed
 
 
@@ -148,6 +160,24 @@ class Task(ABC):
     def parse(self, output: str) -> Facts:
         """Turn the probe snippet's stdout into facts."""
 
+    def for_host(self, host: Host) -> Task:
+        """This task as it runs on ``host``: itself, unless its arguments differ per
+        host (:func:`deploykit.hostargs.per_host`)."""
+        return self
+
+    def probe_requests(self) -> Sequence[FactRequest] | None:
+        """The probe as file-fact requests, when it is only that (its
+        :meth:`probe_script` must then be ``facts.request_script(requests)``): the
+        runner answers the requests of many steps with one process on the host.
+        None (the default): only the shell snippet."""
+        return None
+
+    def touches(self) -> Sequence[str] | None:
+        """The paths a change by this task may alter (each exactly that path, not what
+        is under it), so that the runner keeps the facts it read about other paths.
+        None (the default): unknown, and every fact read before the change is dropped."""
+        return None
+
     @abstractmethod
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         """Compare facts with the desired state. May read more (e.g. old content for a
@@ -159,8 +189,28 @@ class Task(ABC):
 
     def changed_after_apply(self, conn: Connection, facts: Facts) -> Plan:
         """Re-probe after apply; the plan must now be empty. Override for tasks whose
-        effect cannot be re-probed (e.g. running a command)."""
-        return self.plan(conn, self.probe(conn))
+        effect cannot be re-probed (e.g. running a command). Uses the probe read in
+        the apply's own round trip when :meth:`run_then_probe` made it."""
+        output = facts.pop(AFTER_APPLY, None)
+        fresh = self.parse(output) if output is not None else self.probe(conn)
+        return self.plan(conn, fresh)
+
+    def run_then_probe(self, conn: Connection, command: str, facts: Facts,
+                       **options: Any) -> CommandResult:
+        """Run an apply ``command`` (a ready shell string, values quoted) and, in the
+        same round trip once it succeeded, this task's probe, keeping the probe's
+        output for :meth:`changed_after_apply`: a change plus its check costs one
+        round trip instead of two. ``options`` go to :meth:`Connection.run`."""
+        marker = f"__deploykit_probe_{_random.token_hex(8)}__"
+        # not "( ... ) || exit": a tested subshell ignores the set -e in it
+        script = (f"( {command}\n)\n__dk_rc=$?\n[ $__dk_rc -eq 0 ] || exit $__dk_rc\n"
+                  f"printf '\\n%s\\n' {marker}\n( {self.probe_script()}\n)")
+        result = conn.run(script, task=self.name, **options)
+        before, found, after = result.stdout.rpartition(f"\n{marker}\n")
+        if found:
+            facts[AFTER_APPLY] = after
+            result.stdout = before
+        return result
 
     def probe(self, conn: Connection) -> Facts:
         """Run this task's probe alone (one round trip) and parse it."""
@@ -178,7 +228,9 @@ class Task(ABC):
         """Probe (unless ``facts`` are given), plan, and apply unless ``check``.
 
         Never raises for a failure on the host: a :class:`DeployError` becomes a
-        ``failed`` Result naming the reason.
+        ``failed`` Result naming the reason, and any other exception (a bug, a
+        library's error) a ``failed`` Result with the traceback (also in
+        ``data["traceback"]``), so that the runner still undoes what was changed.
         """
         started = time.monotonic()
         conn.secrets.update(self.secrets)
@@ -202,6 +254,18 @@ class Task(ABC):
             return result(Status.CHANGED, plan.render())
         except DeployError as exc:
             return result(Status.FAILED, message=exc.message)
+        except Exception as exc:
+            return failed_unexpectedly(result(Status.FAILED), exc)
+
+
+def failed_unexpectedly(result: Result, exc: Exception) -> Result:
+    """Turn ``result`` into the failure an unexpected exception causes: message and
+    traceback (also in ``data["traceback"]``)."""
+    message, trace = unexpected(exc)
+    result.status = Status.FAILED
+    result.message = message
+    result.data["traceback"] = trace
+    return result
 
 
 class Observation(Task):
