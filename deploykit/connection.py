@@ -12,9 +12,13 @@ Built on paramiko, with the safety and speed a deploy tool needs:
   partition, host down) mid-command is a lost connection within about their sum,
   not a command that waits for its timeout;
 * ``become``: commands run through ``sudo -n`` when the login user is not root;
-* uploads go through the command's stdin into a temporary file next to the
-  target, are checked against their SHA-256, and replace the target with one
-  atomic ``mv``: a reader never sees half a file;
+* uploads stream through the command's stdin (in chunks: bounded memory, time
+  linear in the size) into a temporary file next to the target; the host checks
+  the size and waits for the controller's confirmation that what it sent has the
+  announced SHA-256, then replaces the target with one atomic ``mv``: a reader
+  never sees half a file; an interrupt or :func:`cancel_transfers` stops it;
+* a command abandoned on a timeout or an interrupt is ended on the host with
+  every process it started (its session gets SIGTERM, then SIGKILL);
 * a command log (:attr:`Connection.log`) of every command sent, secrets
   redacted, each marked as a read or a write: what tests use to prove that a
   no-op run sends no write command.
@@ -23,6 +27,7 @@ Built on paramiko, with the safety and speed a deploy tool needs:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import secrets
@@ -38,17 +43,30 @@ from typing import TYPE_CHECKING
 import paramiko
 
 from deploykit.errors import (
-    AuthenticationError,
     ConfigError,
     ConnectError,
-    HostKeyError,
     RemoteCommandError,
 )
 from deploykit.secrets import Secret, redact
 from deploykit.shell import Command, check_no_nul, quote, render, secrets_in
+from deploykit.sshconfig import resolve as resolve_ssh
+from deploykit.sshlogin import SshLogin
+from deploykit.transfer import (
+    ConfirmedReader,
+    Readable,
+    TransferCancelled,
+    cancel_transfers,
+    check_cancelled,
+    file_sha256,
+    resume_transfers,
+    send_input,
+)
 
 if TYPE_CHECKING:
     from deploykit.inventory import Host
+
+__all__ = ["CommandResult", "Connection", "LoggedCommand", "TransferCancelled",
+           "cancel_transfers", "connect_all", "resume_transfers"]
 
 log = logging.getLogger("deploykit.connection")
 # paramiko logs failures that deploykit reports itself as one clear error (a refused
@@ -57,9 +75,14 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 _READ_SIZE = 65536
+_SID_TAG = b"\x1edk-sid "
+# The session id of the remote shell, read without starting a process (field 6 of
+# /proc/$$/stat; sshd starts each command in a session of its own, and sudo's use_pty a
+# new one): the first stderr line of every command run() sends, stripped from its result.
+_SID_REPORT = ("read -r _ _ _ _ _ __dk_sid _ < /proc/$$/stat 2>/dev/null && "
+               "printf '\\036dk-sid %s\\n' \"$__dk_sid\" >&2; unset __dk_sid; ")
+_STOP_GRACE = 3.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_key_cache: dict[str, paramiko.PKey] = {}
-_key_cache_lock = threading.Lock()
 
 
 @dataclass
@@ -94,19 +117,6 @@ class LoggedCommand:
     exit_code: int
 
 
-def _load_key(path: str) -> paramiko.PKey:
-    """Load a private key once per process (parsing costs milliseconds per host)."""
-    with _key_cache_lock:
-        key = _key_cache.get(path)
-        if key is None:
-            try:
-                key = paramiko.PKey.from_path(path)
-            except (OSError, paramiko.SSHException) as exc:
-                raise AuthenticationError(f"cannot read identity file {path}: {exc}") from None
-            _key_cache[path] = key
-        return key
-
-
 def _env_marker(text: str) -> str:
     """A random line that ends the env block sent on stdin (never inside ``text``)."""
     while True:
@@ -133,11 +143,7 @@ def _secrets_to_env(command: Command, env: Mapping[str, str | Secret] | None
     return " ".join(parts), merged
 
 
-def _fingerprint(key: paramiko.PKey) -> str:
-    return key.fingerprint  # "SHA256:..." as OpenSSH prints it
-
-
-class Connection:
+class Connection(SshLogin):
     """An SSH connection to one inventory host, opened lazily on first use.
 
     >>> with Connection(host) as conn:          # doctest: +SKIP
@@ -164,6 +170,14 @@ class Connection:
             self.secrets.add(host.password)
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._jump: Connection | None = None
+        self.jumps: list[Host] = []
+        """The jump hosts on the way, nearest to the controller first (see sshconfig)."""
+        self._config_error: str | None = None
+        try:
+            self.host, self.jumps = resolve_ssh(host)
+        except ConfigError as exc:
+            self._config_error = exc.message
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -178,19 +192,30 @@ class Connection:
         transport = self._client.get_transport() if self._client else None
         return bool(transport and transport.is_active())
 
-    def open(self) -> Connection:
-        """Connect and authenticate now (normally done on first use)."""
+    def open(self, sock: socket.socket | paramiko.Channel | None = None) -> Connection:
+        """Connect and authenticate now (normally done on first use); ``sock``: a TCP
+        connection to the host already made (what :func:`connect_all` passes)."""
         with self._lock:
             if not self.is_open:
-                self._client = self._connect()
+                self._client = self._connect(sock)
+            elif sock is not None:
+                sock.close()
         return self
 
     def close(self) -> None:
-        """Close the connection; safe to call twice."""
+        """Close the connection (and its jump host's); safe to call twice."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            if self._jump is not None:
+                self._jump.close()
+                self._jump = None
+
+    @property
+    def needs_proxy(self) -> bool:
+        """True when the host is reached through a jump host (no direct TCP connect)."""
+        return bool(self.jumps)
 
     def __enter__(self) -> Connection:
         return self.open()
@@ -198,91 +223,15 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _where(self) -> str:
-        return f"{self.host.address}:{self.host.port}"
-
-    def _connect(self) -> paramiko.SSHClient:
-        host = self.host
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        known_hosts = host.known_hosts or str(Path("~/.ssh/known_hosts").expanduser())
-        try:
-            client.load_host_keys(known_hosts)
-        except FileNotFoundError:
-            pass  # no known key then: the connect below refuses the host
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read known_hosts file {known_hosts}: {exc}",
-                               host=host.name) from None
-        try:
-            sock = socket.create_connection((host.address, host.port),
-                                            timeout=self.connect_timeout)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            if isinstance(exc, TimeoutError | socket.timeout):
-                reason = f"no answer within {self.connect_timeout:g} s"
-            raise ConnectError(f"cannot reach {self._where()}: {reason}",
-                               host=host.name) from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.dead_after and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                            int(self.dead_after * 1000))
-        try:
-            client.connect(
-                hostname=host.address,
-                port=host.port,
-                username=host.user,
-                pkey=_load_key(str(host.identity_file)) if host.identity_file else None,
-                password=host.password.reveal() if host.password else None,
-                sock=sock,
-                timeout=self.connect_timeout,
-                banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout,
-                allow_agent=False,
-                look_for_keys=host.identity_file is None and host.password is None,
-            )
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise HostKeyError(
-                f"the host key of {self._where()} CHANGED: known_hosts ({known_hosts}) has "
-                f"{_fingerprint(exc.expected_key)}, the host sent {_fingerprint(exc.key)}. "
-                f"This may be an attack. If the host was really reinstalled, remove the old "
-                f"entry with: ssh-keygen -R {self._known_hosts_name()} -f {known_hosts}",
-                host=host.name) from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise AuthenticationError(
-                f"{host.user}@{self._where()} refused authentication ({exc})",
-                host=host.name) from None
-        except paramiko.SSHException as exc:
-            client.close()
-            if "not found in known_hosts" in str(exc):
-                raise HostKeyError(
-                    f"the host key of {self._where()} is unknown (not in {known_hosts}); "
-                    f"deploykit never trusts a key on its own. Check the fingerprint on the "
-                    f"host (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then trust it "
-                    f"with: ssh-keyscan -p {host.port} {host.address} >> {known_hosts}",
-                    host=host.name) from None
-            raise ConnectError(f"SSH with {self._where()} failed: {exc}",
-                               host=host.name) from None
-        except OSError as exc:
-            client.close()
-            raise ConnectError(f"connection to {self._where()} lost: {exc}",
-                               host=host.name) from None
-        transport = client.get_transport()
-        if transport is not None and self.keepalive:
-            transport.set_keepalive(self.keepalive)
-        return client
-
-    def _known_hosts_name(self) -> str:
-        if self.host.port == 22:
-            return self.host.address
-        return f"[{self.host.address}]:{self.host.port}"
-
     # -- commands --------------------------------------------------------------
 
-    def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None
-              ) -> tuple[str, bytes]:
+    def _wrap(self, command: str, sudo: bool | None, env: Mapping[str, str | Secret] | None,
+              *, track: bool = False) -> tuple[str, bytes]:
         """The command line to send and the bytes to send before the caller's stdin.
+
+        ``track``: the command first writes one line to stderr naming its session
+        (:data:`_SID_LINE`), which :meth:`run` strips, so a timeout or an interrupt can
+        end every process the command started (:meth:`_stop_remote`).
 
         ``env`` never appears in the command line (where ``ps`` on the host would
         show it to every user for the command's duration): its ``export`` lines go
@@ -312,6 +261,8 @@ class Connection:
             command = (f'__dk_env=; while IFS= read -r __dk_line && [ "$__dk_line" != {marker} ]'
                        '; do __dk_env="$__dk_env$__dk_line\n"; done; eval "$__dk_env"; '
                        f"unset __dk_env __dk_line; {command}")
+        if track:
+            command = f"{_SID_REPORT}{command}"
         become = self.host.become if sudo is None else sudo
         if become and self.host.user != "root":
             command = f"sudo -n -H -- sh -c {quote(command)}"
@@ -325,7 +276,7 @@ class Connection:
         check: bool = True,
         sudo: bool | None = None,
         env: Mapping[str, str | Secret] | None = None,
-        stdin: bytes | str | None = None,
+        stdin: bytes | str | Readable | None = None,
         timeout: float | None = None,
         task: str | None = None,
     ) -> CommandResult:
@@ -340,27 +291,37 @@ class Connection:
         (``ps`` on the host shows it): ``env`` goes through stdin, and a Secret
         in a list command becomes a variable reference whose value goes with
         ``env``. A NUL byte in the command or in ``env`` raises ConfigError.
+        ``stdin`` may be a binary file object, sent in chunks (memory stays bounded).
+        A timeout, an interrupt or :func:`cancel_transfers` ends the command's remote
+        processes (see :meth:`_stop_remote`).
         """
+        check_cancelled()
         to_log = render(command)[1]
         self.secrets.update(secrets_in(command))
         command, env = _secrets_to_env(command, env)
         to_send = render(command)[0]
         if env:
             self.secrets.update(v for v in env.values() if isinstance(v, Secret))
-        to_send, prefix = self._wrap(to_send, sudo, env)
+        to_send, prefix = self._wrap(to_send, sudo, env, track=True)
         client = self.open()._client
         assert client is not None
         transport = client.get_transport()
         assert transport is not None
         started = time.monotonic()
         limit = timeout if timeout is not None else self.command_timeout
+        out_parts: list[bytes] = []
+        err_parts: list[bytes] = []
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(to_send)
-            if _send_input(chan, prefix + (stdin.encode() if isinstance(stdin, str)
-                                           else stdin or b"")):
-                chan.shutdown_write()
-            out, err = self._collect(chan, started, limit, to_log)
+            try:
+                if send_input(chan, prefix, stdin.encode() if isinstance(stdin, str)
+                               else stdin):
+                    chan.shutdown_write()
+                self._collect(chan, started, limit, to_log, out_parts, err_parts)
+            except BaseException:  # a timeout, Ctrl-C, SIGTERM: the command stops too
+                self._stop_remote(chan, err_parts, sudo)
+                raise
             exit_code = chan.recv_exit_status()
             chan.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -368,6 +329,8 @@ class Connection:
             raise ConnectError(f"connection to {self._where()} lost while running "
                                f"{to_log!r}: {exc or type(exc).__name__}",
                                host=self.name, task=task) from None
+        out = b"".join(out_parts)
+        err = _strip_session_line(b"".join(err_parts))
         secrets = list(self.secrets)
         result = CommandResult(
             host=self.name,
@@ -449,16 +412,17 @@ class Connection:
                                      host=self.name, exit_code=code, stderr=detail)
 
     def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
-                 to_log: str) -> tuple[bytes, bytes]:
-        out: list[bytes] = []
-        err: list[bytes] = []
+                 to_log: str, out: list[bytes], err: list[bytes]) -> None:
+        """Read the command's stdout and stderr into ``out`` and ``err`` until its EOF;
+        RemoteCommandError when ``limit`` seconds have passed since ``started``."""
         while True:
+            check_cancelled()
             while chan.recv_ready():
                 out.append(chan.recv(_READ_SIZE))
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(_READ_SIZE))
             if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
-                return b"".join(out), b"".join(err)
+                return
             transport = chan.get_transport()  # a dead peer (dead_after): the transport ends
             if transport is None or not transport.is_active():
                 raise EOFError("the SSH connection died (no answer from the host)")
@@ -466,10 +430,43 @@ class Connection:
             if limit is not None:
                 wait = limit - (time.monotonic() - started)
                 if wait <= 0:
-                    chan.close()
                     raise RemoteCommandError(
                         f"command timed out after {limit:g} s: {to_log}", host=self.name)
             select.select([chan], [], [], min(wait, 1.0))
+
+    def _stop_remote(self, chan: paramiko.Channel, err: list[bytes], sudo: bool | None) -> None:
+        """End every process of a command that is being abandoned (timeout, interrupt).
+
+        Closing the channel is not enough: without a terminal, sshd sends no SIGHUP, and
+        the command (a ``pip install``, a ``pg_restore``) would keep running while its
+        undo runs. The command named its session on its first stderr line; a second
+        command sends SIGTERM to that session, and SIGKILL to what is left after
+        :data:`_STOP_GRACE` seconds. Best effort and bounded in time: a lost connection
+        only closes the channel.
+        """
+        try:
+            session = _session_id(chan, err)
+            transport = chan.get_transport()
+            if session is not None and transport is not None and transport.is_active():
+                script = (f"pkill -TERM -s {session}; i=0; while pgrep -s {session} "
+                          f">/dev/null && [ $i -lt {int(_STOP_GRACE * 10)} ]; do sleep 0.1; "
+                          f"i=$((i+1)); done; pkill -KILL -s {session}; true")
+                to_send, _ = self._wrap(script, sudo, None)
+                killer = transport.open_session(timeout=self.connect_timeout)
+                killer.settimeout(_STOP_GRACE + self.connect_timeout)
+                killer.exec_command(to_send)
+                killer.shutdown_write()
+                deadline = time.monotonic() + _STOP_GRACE + self.connect_timeout
+                while not killer.exit_status_ready() and time.monotonic() < deadline:
+                    select.select([killer], [], [], 0.2)
+                    while killer.recv_ready():
+                        killer.recv(_READ_SIZE)
+                killer.close()
+                log.debug("%s: stopped remote session %s", self.name, session)
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        finally:
+            chan.close()
 
     # -- files -----------------------------------------------------------------
 
@@ -492,20 +489,22 @@ class Connection:
     ) -> bool:
         """Upload ``data`` (bytes, text, or a local Path) to ``remote_path`` atomically.
 
-        The bytes go into a temporary file beside the target, their SHA-256 is
-        checked on the host, mode and owner are set, then one ``mv`` replaces
-        the target. Returns False (and sends nothing) when the remote file
-        already has the same content and ``skip_identical`` is set. The
+        The bytes go into a temporary file beside the target; its size is checked
+        on the host and the controller confirms the SHA-256 of what it sent; mode
+        and owner are set, then one ``mv`` replaces the target. Returns False (and
+        sends nothing) when the remote file already has the same content and
+        ``skip_identical`` is set. The
         checksum travels in the environment, never in the logged command (a
-        hash of a weak secret could be guessed back).
+        hash of a weak secret could be guessed back). A Path is read and sent in
+        chunks (memory stays bounded, time linear in its size); an interrupt or
+        :func:`cancel_transfers` stops the upload and removes the temporary file.
         """
+        payload: bytes | None = None
         if isinstance(data, Path):
-            payload = data.read_bytes()
-        elif isinstance(data, str):
-            payload = data.encode()
+            digest, size = file_sha256(data)
         else:
-            payload = data
-        digest = hashlib.sha256(payload).hexdigest()
+            payload = data.encode() if isinstance(data, str) else data
+            digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
         if skip_identical and self.sha256(remote_path, sudo=sudo) == digest:
             return False
         dest = quote(remote_path)
@@ -513,9 +512,18 @@ class Connection:
             "set -e",
             f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
             "trap 'rm -f \"$tmp\"' EXIT",
-            'cat > "$tmp"',
-            '[ "$(sha256sum < "$tmp" | cut -c1-64)" = "$DK_SHA256" ] || '
-            '{ echo "checksum mismatch after upload" >&2; exit 3; }',
+            "trap 'exit 143' TERM INT HUP",  # a stopped upload leaves no temporary file
+            # exactly DK_SIZE bytes, then the controller's confirmation that what it sent
+            # has the SHA-256 it announced (the local file did not change meanwhile); SSH's
+            # MAC guards the bytes in transit, so the host does not hash them again
+            'head -c "$DK_SIZE" > "$tmp" || :',
+            'got=$(wc -c < "$tmp")',
+            '[ "$got" = "$DK_SIZE" ] || '
+            '{ echo "upload incomplete: $got of $DK_SIZE bytes written" >&2; exit 3; }',
+            'IFS= read -r confirmed || :',
+            '[ "$confirmed" = "sent $DK_SHA256" ] || '
+            '{ echo "upload not confirmed: the local file changed while it was sent" >&2; '
+            "exit 3; }",
         ]
         if mode is not None:
             steps.append(f'chmod {mode:o} "$tmp"')
@@ -525,7 +533,15 @@ class Connection:
         if owner or group:
             steps.append(f'chown {quote((owner or "") + (":" + group if group else ""))} "$tmp"')
         steps += [f'mv -f -- "$tmp" {dest}', "trap - EXIT"]
-        self.run("\n".join(steps), stdin=payload, sudo=sudo, env={"DK_SHA256": digest})
+        script = "\n".join(steps)
+        env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
+        if payload is not None:
+            self.run(script, sudo=sudo, env=env,
+                     stdin=ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
+            return True
+        assert isinstance(data, Path)
+        with data.open("rb") as source:
+            self.run(script, sudo=sudo, env=env, stdin=ConfirmedReader(source, size, digest))
         return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,
@@ -537,30 +553,44 @@ class Connection:
         return data
 
 
-def _send_input(chan: paramiko.Channel, data: bytes) -> bool:
-    """Send a command's stdin; False when the command exited before reading it all (``cat``
-    on a full disk, a failed check): not a lost connection, its exit status and stderr say
-    what happened. A channel closed without an exit status is a lost connection (raised)."""
-    try:
-        if data:
-            chan.sendall(data)
-    except OSError:
-        if chan.exit_status_ready():
-            return False
-        raise
-    return True
+def _session_id(chan: paramiko.Channel, err: list[bytes]) -> int | None:
+    """The remote session id a tracked command wrote on its first stderr line (read from
+    the channel for up to a second when it has not been read yet), or None."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        head = b"".join(err[:4])
+        if b"\n" in head or (head and not head.startswith(_SID_TAG[:len(head)])):
+            break
+        if chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(_READ_SIZE))
+            continue
+        if time.monotonic() > deadline or chan.closed:
+            break
+        time.sleep(0.02)
+    first = b"".join(err[:4]).partition(b"\n")[0]
+    if not first.startswith(_SID_TAG):
+        return None
+    value = first[len(_SID_TAG):].strip()
+    return int(value) if value.isdigit() and int(value) > 1 else None
 
 
-def connect_all(hosts: Sequence[Host], **kwargs: float) -> dict[str, Connection | ConnectError]:
-    """Open connections to ``hosts`` in parallel; a host that fails maps to its error."""
-    from concurrent.futures import ThreadPoolExecutor
+def _strip_session_line(err: bytes) -> bytes:
+    """``err`` without the session line a tracked command writes first."""
+    if err.startswith(_SID_TAG):
+        return err.partition(b"\n")[2]
+    return err
 
-    def one(host: Host) -> Connection | ConnectError:
-        conn = Connection(host, **kwargs)  # type: ignore[arg-type]
-        try:
-            return conn.open()
-        except ConnectError as exc:
-            return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        return dict(zip((h.name for h in hosts), pool.map(one, hosts), strict=True))
+def connect_all(hosts: Sequence[Host], *, connect_timeout: float = 10.0,
+                handshakes: int = 32, **kwargs: float
+                ) -> dict[str, Connection | ConnectError]:
+    """Open connections to ``hosts``; a host that fails maps to its error (in order).
+
+    See :func:`deploykit.fleetconnect.connect_all`: every TCP connect at once (dead
+    hosts cost one ``connect_timeout`` together), SSH handshakes bounded by
+    ``handshakes``, MaxStartups drops retried.
+    """
+    from deploykit.fleetconnect import connect_all as connect_fleet
+
+    return connect_fleet(hosts, connect_timeout=connect_timeout, handshakes=handshakes,
+                         **kwargs)

@@ -43,6 +43,7 @@ Rules:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 import re
@@ -92,6 +93,14 @@ class Host:
     password: Secret | None = None
     vars: Mapping[str, Any] = field(default_factory=dict, hash=False)
     groups: tuple[str, ...] = ()
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """The SSH settings the inventory wrote (they win over ssh_config's)."""
+
+
+def _hop_of(host: Host) -> str:
+    """``user@address:port`` of an inventory host named as another host's ``jump``."""
+    address = f"[{host.address}]" if ":" in host.address else host.address
+    return f"{host.user}@{address}:{host.port}"
 
 
 class Inventory:
@@ -479,6 +488,12 @@ class _Parser:
             hosts[name] = self.build(name, entry, ranked)
             for g in in_groups:
                 members[g].append(name)
+        for name, host in hosts.items():
+            jump = host.vars.get("jump")
+            if isinstance(jump, str) and any(p.strip() in hosts for p in jump.split(",")):
+                chain = ",".join(_hop_of(hosts[p.strip()]) if p.strip() in hosts else p
+                                 for p in jump.split(","))
+                hosts[name] = dataclasses.replace(host, vars={**host.vars, "jump": chain})
         return hosts, {name: tuple(m) for name, m in members.items()}
 
     def check_cycles(self) -> None:
@@ -519,6 +534,8 @@ class _Parser:
             for key in SETTINGS
             if key in values
         }
+        for key in [k for k in values if k.endswith("_port")]:
+            values[key] = self.check_port_var(name, key, values[key], locs.get(key))
         return Host(
             name=name,
             address=s["address"],
@@ -530,7 +547,23 @@ class _Parser:
             password=s.get("password"),
             vars=copy.deepcopy(values),
             groups=tuple(sorted(set(ranked) - {"all"}, key=lambda g: self.groups[g].order)),
+            explicit=frozenset(s),
         )
+
+    def check_port_var(self, host: str, key: str, value: Any, loc: _Loc | None) -> Any:
+        """A ``*_port`` var (``redis_port``, ``postgres_port``): an integer in 1..65535
+        (a string of digits is taken as the number), or None; InventoryError otherwise."""
+        if value is None or isinstance(value, Secret):
+            return value
+        number = value if type(value) is int else (
+            int(value) if isinstance(value, str) and value.isascii() and value.isdigit()
+            else None)
+        if number is None or not 1 <= number <= 65535:
+            got = repr(value) if isinstance(value, int | str) and len(repr(value)) <= 40 \
+                else _kind(value)
+            raise self.error(f"host {host!r}: {key!r} must be a port number in 1..65535, "
+                             f"got {got}", loc)
+        return number
 
     def check(self, host: str, key: str, value: Any, loc: _Loc) -> Any:
         """Validate one SSH setting and return it in its final form."""

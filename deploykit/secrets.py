@@ -27,6 +27,7 @@ and the source.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -39,7 +40,8 @@ from typing import Any
 
 from deploykit.errors import ConfigError
 
-__all__ = ["REDACTED", "SOURCES", "LazySecret", "Secret", "lazy", "redact",
+__all__ = ["FRAGMENT_MIN", "REDACTED", "SOURCES", "LazySecret", "Secret", "SecretMatcher",
+           "lazy", "matcher_for", "redact",
            "resolve_references", "resolve_source", "reveal"]
 
 REDACTED = "********"
@@ -158,19 +160,156 @@ def reveal(value: object) -> object:
     return value.reveal() if isinstance(value, Secret) else value
 
 
+WINDOW = 12
+"""Length of the pieces of a secret that are indexed to find its fragments."""
+TEXT_STRIDE = 4
+"""Text positions probed: every TEXT_STRIDE-th (the secret's pieces: every one, or every
+``b``-th for a very long secret; ``b`` odd, so every alignment is met)."""
+FRAGMENT_MIN = WINDOW + TEXT_STRIDE - 1
+"""A run of this many characters of a secret (up to :data:`MAX_WINDOWS_PER_SECRET`
+characters long) is masked as the secret: pytest prints truncated reprs (``'k3y...'``)."""
+MAX_WINDOWS_PER_SECRET = 1 << 16
+"""Pieces indexed per secret: memory and set-up bounded whatever the secret's size."""
+FRAGMENT_SCAN_LIMIT = 16 << 20
+"""Texts longer than this (a downloaded file) have whole values masked, not fragments."""
+
+
+def _secret_stride(length: int) -> int:
+    """Every how many positions a secret of ``length`` characters is indexed (odd)."""
+    windows = length - WINDOW + 1
+    stride = max(1, -(-windows // MAX_WINDOWS_PER_SECRET))
+    return stride if stride % 2 else stride + 1
+
+
+def fragment_floor(length: int) -> int:
+    """The shortest run of a secret of ``length`` characters that is always masked."""
+    return TEXT_STRIDE * _secret_stride(length) + WINDOW - 1
+
+
+_URL_ORIGIN = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s]*/?)")
+
+
+def _public_prefix(value: str) -> int:
+    """Length of the part of ``value`` that is not secret on its own: the scheme, host and
+    port of a URL without user info (``https://hooks.example.com/``; what
+    ``display_url`` shows). Its fragments are not masked; user info, path and query are."""
+    match = _URL_ORIGIN.match(value)
+    if not match:
+        return 0
+    return match.end(1) if "@" in match.group(2) else match.end()
+
+
+def _match_length(a: str, i: int, b: str, j: int, limit: int, step: int) -> int:
+    """How many characters ``a`` and ``b`` share going from ``i`` and ``j`` in direction
+    ``step`` (+1 forwards from i/j, -1 backwards from i-1/j-1), at most ``limit``;
+    compared in blocks (C speed), then character by character."""
+    n, block = 0, 256
+    while n < limit:
+        size = min(block, limit - n)
+        if step > 0:
+            same = a[i + n:i + n + size] == b[j + n:j + n + size]
+        else:
+            same = a[i - n - size:i - n] == b[j - n - size:j - n]
+        if not same:
+            break
+        n += size
+    while n < limit and (a[i + n] == b[j + n] if step > 0 else a[i - n - 1] == b[j - n - 1]):
+        n += 1
+    return n
+
+
+class SecretMatcher:
+    """Finds secrets and their fragments in text; built once per set of secret values.
+
+    Whole values are replaced first (``str.replace``, longest first). Fragments (not
+    of a URL's scheme, host and port, which :func:`_public_prefix` leaves shown): the
+    secrets' pieces of :data:`WINDOW` characters are indexed once (every one, or every
+    ``b``-th of a secret longer than :data:`MAX_WINDOWS_PER_SECRET`), then every
+    :data:`TEXT_STRIDE`-th position of a text is looked up, and a hit is extended both
+    ways as far as text and secret agree. The cost is linear in the text's length and
+    independent of the secrets' sizes; the index is bounded per secret.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self.values = sorted(set(values), key=len, reverse=True)
+        self._index: dict[str, tuple[int, int]] = {}
+        for k, value in enumerate(self.values):
+            stride = _secret_stride(len(value))
+            for j in range(_public_prefix(value), len(value) - WINDOW + 1, stride):
+                self._index.setdefault(value[j:j + WINDOW], (k, j))
+
+    def indexed_windows(self) -> int:
+        """How many secret pieces the index holds."""
+        return len(self._index)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret, and every long fragment of one, as ``********``."""
+        for value in self.values:
+            if len(value) <= len(text) and value in text:
+                text = text.replace(value, REDACTED)
+        if not self._index or len(text) < WINDOW or len(text) > FRAGMENT_SCAN_LIMIT:
+            return text
+        spans: list[tuple[int, int]] = []
+        covered = 0  # text before this index is already part of a span
+        t = 0
+        last = len(text) - WINDOW
+        index = self._index
+        while t <= last:
+            hit = index.get(text[t:t + WINDOW])
+            if hit is None:
+                t += TEXT_STRIDE
+                continue
+            value = self.values[hit[0]]
+            j = hit[1]
+            back = _match_length(text, t, value, j,
+                                 min(t - covered, j - _public_prefix(value)), -1)
+            ahead = _match_length(text, t, value, j, min(len(text) - t, len(value) - j), 1)
+            start, end = t - back, t + max(ahead, WINDOW)
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+            else:
+                spans.append((start, end))
+            covered = spans[-1][1]
+            t = max(t + TEXT_STRIDE, covered - WINDOW + 1)
+            t += (-t) % TEXT_STRIDE
+        if not spans:
+            return text
+        parts, at = [], 0
+        for start, end in spans:
+            while start < end and text[start].isspace():  # the words around stay apart
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            parts += [text[at:start], REDACTED]
+            at = end
+        parts.append(text[at:])
+        return "".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(values: frozenset[str]) -> SecretMatcher:
+    return SecretMatcher(values)
+
+
+def matcher_for(values: Iterable[str]) -> SecretMatcher:
+    """The (cached) :class:`SecretMatcher` of these secret values."""
+    return _matcher(frozenset(v for v in values if v))
+
+
 def redact(text: str, secrets: Iterable[Secret]) -> str:
-    """Replace every occurrence of each secret's value in ``text`` with ``********``.
+    """Replace every occurrence of each secret's value in ``text`` with ``********``, and
+    every run of at least :data:`FRAGMENT_MIN` characters of one (see
+    :class:`SecretMatcher`: linear in the text, whatever the secrets' sizes).
 
     Used on remote output and error messages before they are logged or
     reported, in case a command echoed a secret back. A :class:`LazySecret`
     not read yet is masked when its source is cheap (env, file); a command's
     output that deploykit never asked for cannot be in the text.
     """
-    values = sorted({v for s in secrets if (v := s.peek())}, key=len, reverse=True)
-    if not values:
+    values = frozenset(v for s in secrets if (v := s.peek()))
+    if not values or not text:
         return text
-    pattern = re.compile("|".join(re.escape(v) for v in values))
-    return pattern.sub(REDACTED, text)
+    return _matcher(values).redact(text)
 
 
 # -- sources -----------------------------------------------------------------------------------

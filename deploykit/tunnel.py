@@ -1,19 +1,38 @@
-"""SSH local port forwards: reach a host's PostgreSQL or Redis without opening its port.
+"""SSH local forwards: reach a host's PostgreSQL or Redis without opening its port.
 
     with Tunnel(conn, "127.0.0.1", 5432) as port:
         psycopg.connect(host="127.0.0.1", port=port, ...)
 
-A :class:`Tunnel` listens on 127.0.0.1 on the controller (a free port), and
-each accepted client gets its own ``direct-tcpip`` channel over the host's
-existing SSH connection: no second SSH login, no port open to the controller.
-One thread accepts; one thread per client pumps bytes both ways.
+    tunnel = Tunnel(conn, "127.0.0.1", 5432, unix=True)
+    with tunnel:
+        psycopg.connect(host=tunnel.socket_dir, port=5432, ...)   # libpq finds the socket
+        # or redis.Redis(unix_socket_path=tunnel.socket_path) for a Redis tunnel
+
+Each accepted client gets its own ``direct-tcpip`` channel over the host's existing SSH
+connection: no second SSH login, no port opened on the host. One thread accepts; one
+thread per client pumps bytes both ways.
+
+Only the controller user running deploykit can use a tunnel (it reaches the database
+as the host's localhost, with no further check):
+
+* TCP mode (the default, on 127.0.0.1 and a free port): each accepted connection's
+  owner is looked up in ``/proc/net/tcp``; a connection from any other user is closed
+  at once, before a byte is forwarded;
+* Unix-socket mode (``unix=True``): the socket is ``.s.PGSQL.<port>`` (the name libpq
+  looks for under ``host=<directory>``) in a fresh 0700 directory only this user can
+  enter, removed on close.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import select
+import shutil
 import socket
+import tempfile
 import threading
+from pathlib import Path
 from types import TracebackType
 
 import paramiko
@@ -22,24 +41,62 @@ from deploykit.connection import Connection
 from deploykit.errors import ConnectError
 
 _CHUNK = 65536
+log = logging.getLogger("deploykit.tunnel")
+
+
+def _tcp_owner(local_port: int, peer_port: int) -> int | None:
+    """The uid owning the loopback TCP connection from ``peer_port`` to ``local_port``
+    (Linux ``/proc/net/tcp`` and ``tcp6``), or None when it cannot be found."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            try:
+                src = int(fields[1].rsplit(":", 1)[1], 16)
+                dst = int(fields[2].rsplit(":", 1)[1], 16)
+            except (IndexError, ValueError):
+                continue
+            if src == peer_port and dst == local_port:
+                return int(fields[7])
+    return None
 
 
 class Tunnel:
-    """A local port forwarded to ``remote_host:remote_port`` as seen from the host."""
+    """A local endpoint forwarded to ``remote_host:remote_port`` as seen from the host:
+    a 127.0.0.1 port (only this user's connections are served), or with ``unix=True`` a
+    Unix socket in a private directory."""
 
-    def __init__(self, conn: Connection, remote_host: str, remote_port: int) -> None:
+    def __init__(self, conn: Connection, remote_host: str, remote_port: int, *,
+                 unix: bool = False) -> None:
         self.conn = conn
         self.remote = (remote_host, int(remote_port))
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self.socket_dir: str | None = None
+        self.socket_path: str | None = None
+        if unix:
+            self.socket_dir = tempfile.mkdtemp(prefix="deploykit-tunnel-")  # mode 0700
+            self.socket_path = os.path.join(self.socket_dir, f".s.PGSQL.{int(remote_port)}")
+            self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._server.bind(self.socket_path)
+            os.chmod(self.socket_path, 0o600)
+            self._server.listen()
+            self.port: int = int(remote_port)
+        else:
+            self._server = socket.create_server(("127.0.0.1", 0))
+            self.port = self._server.getsockname()[1]
         self._server.settimeout(0.2)
-        self.port: int = self._server.getsockname()[1]
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._accepter = threading.Thread(target=self._accept, name=f"tunnel-{self.port}",
                                           daemon=True)
 
     def open(self) -> int:
-        """Start forwarding; returns the local port."""
+        """Start forwarding; returns the local port (in Unix-socket mode the remote port:
+        the socket is :attr:`socket_path`, its directory :attr:`socket_dir`)."""
         self.conn.open()
         self._accepter.start()
         return self.port
@@ -56,6 +113,8 @@ class Tunnel:
             self._accepter.join(timeout=2)
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def __enter__(self) -> int:
         return self.open()
@@ -72,9 +131,25 @@ class Tunnel:
                 continue
             except OSError:
                 return
+            if self.socket_dir is None and not self._own_user(client):
+                client.close()  # another local user: nothing is forwarded
+                continue
             thread = threading.Thread(target=self._pump, args=(client,), daemon=True)
             self._threads.append(thread)
             thread.start()
+
+    def _own_user(self, client: socket.socket) -> bool:
+        """True when the connecting TCP client belongs to this process's user."""
+        try:
+            peer_port = client.getpeername()[1]
+        except OSError:
+            return False
+        owner = _tcp_owner(self.port, peer_port)
+        if owner != os.getuid():
+            log.warning("tunnel to %s:%s on %s: refused a connection from local uid %s",
+                        self.remote[0], self.remote[1], self.conn.name, owner)
+            return False
+        return True
 
     def _channel(self) -> paramiko.Channel:
         client = self.conn.open()._client
@@ -89,7 +164,8 @@ class Tunnel:
                                host=self.conn.name) from None
 
     def _pump(self, client: socket.socket) -> None:
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if client.family != socket.AF_UNIX:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             chan = self._channel()
         except ConnectError:

@@ -390,8 +390,9 @@ def _tail(text: str, lines: int = 6) -> str:
 
 def _run_group(hosts: Sequence[Host], suite: Path, inventory: Path, work: Path, index: int,
                marker: str | None, context: DeployContext, timeout: float,
-               name: str) -> Verification:
-    """One pytest process over ``hosts``; its outcome per host."""
+               name: str, secrets: Sequence[Secret] = ()) -> Verification:
+    """One pytest process over ``hosts``; its outcome per host, ``secrets`` (and any long
+    piece of one) redacted from every message and the JUnit XML as they are read."""
     names = [h.name for h in hosts]
     junit, results = work / f"junit-{index}.xml", work / f"results-{index}.json"
     argv = [sys.executable, "-m", "pytest", str(suite), "--inventory", str(inventory),
@@ -412,15 +413,17 @@ def _run_group(hosts: Sequence[Host], suite: Path, inventory: Path, work: Path, 
         return out
     out.duration = time.monotonic() - started
     if junit.exists():
-        out.junit_suites.append(junit.read_text(encoding="utf-8"))
+        out.junit_suites.append(redact(junit.read_text(encoding="utf-8"), secrets))
     if results.exists():
         for item in json.loads(results.read_text(encoding="utf-8")):
             host = item.get("host")
             if host in out.hosts:
+                item["message"] = redact(str(item.get("message") or ""), secrets)
                 out.hosts[host].tests.append(TestOutcome(**item))
     if proc.returncode not in (0, 1, _NO_TESTS) or (
             proc.returncode == 1 and not any(h.failed_tests for h in out.hosts.values())):
-        why = _tail(proc.stderr) or _tail(proc.stdout) or f"exit code {proc.returncode}"
+        why = redact(_tail(proc.stderr) or _tail(proc.stdout)
+                     or f"exit code {proc.returncode}", secrets)
         for h in out.hosts.values():
             h.error = f"pytest exited with {proc.returncode}: {why}"
     return out
@@ -429,8 +432,12 @@ def _run_group(hosts: Sequence[Host], suite: Path, inventory: Path, work: Path, 
 def run_suite(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
               marker: str | None = None, context: DeployContext | None = None,
               forks: int = PROCESSES, timeout: float = 600.0,
-              name: str = "verify") -> Verification:
+              name: str = "verify", secrets: Iterable[Secret] = ()) -> Verification:
     """Run the testinfra ``suite`` against ``hosts``, at most ``forks`` pytest processes.
+
+    ``secrets`` (plus the hosts' passwords), and any long piece of one (pytest prints
+    truncated reprs), are redacted from every outcome and the JUnit XML as they are
+    read: nothing derived from the run (report, table, summary, files) holds them.
 
     ``marker`` is a pytest ``-m`` expression (``pre_switch``); ``context`` what the
     ``deploy_context`` fixture gives (unset fields are read from each host).
@@ -446,6 +453,7 @@ def run_suite(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
         raise ConfigError(f"verify: forks must be at least 1, not {forks}")
     started = time.monotonic()
     result = Verification(str(suite), marker)
+    hidden = [*secrets, *(h.password for h in hosts if h.password is not None)]
     with tempfile.TemporaryDirectory(prefix="deploykit-verify-") as tmp:
         work = Path(tmp)  # 0700: the inventory may hold a host password
         inventory = work / "inventory.yml"
@@ -456,7 +464,8 @@ def run_suite(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
         with ThreadPoolExecutor(max_workers=len(groups)) as pool:
             parts = list(pool.map(
                 lambda item: _run_group(item[1], path.resolve(), inventory, work, item[0],
-                                        marker, context or DeployContext(), timeout, name),
+                                        marker, context or DeployContext(), timeout, name,
+                                        hidden),
                 enumerate(groups)))
     for part in parts:
         result.merge(part)
@@ -476,7 +485,8 @@ def verify(inventory: Inventory | str | os.PathLike[str], selector: str,
 def verify_hosts(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
                  marker: str | None = None, context: DeployContext | None = None,
                  report_dir: str | os.PathLike[str] = RUNS_DIR, run_id: str | None = None,
-                 forks: int = PROCESSES, timeout: float = 600.0) -> Verification:
+                 forks: int = PROCESSES, timeout: float = 600.0,
+                 secrets: Iterable[Secret] = ()) -> Verification:
     """``invoke verify --suite``: the suite over ``hosts``, in parallel (bounded).
 
     Writes ``<report_dir>/<run_id>.junit.xml`` (every host x test), the results as
@@ -485,10 +495,11 @@ def verify_hosts(hosts: Sequence[Host], suite: str | os.PathLike[str], *,
     when it is false); print :meth:`Verification.table`.
     """
     run_id = run_id or f"verify-{new_deploy_id()}"
+    hidden = [*secrets, *(h.password for h in hosts if h.password is not None)]
     result = run_suite(hosts, suite, marker=marker, context=context, forks=forks,
-                       timeout=timeout, name=run_id)
+                       timeout=timeout, name=run_id, secrets=hidden)
     base = Path(report_dir)
-    secrets = [h.password for h in hosts if h.password is not None]
+    secrets = hidden
     result.write(base / f"{run_id}.junit.xml", base / f"{run_id}.verify.json",
                  secrets=secrets)
     report = RunReport(run_id=run_id, secrets=secrets)
@@ -510,8 +521,10 @@ class SuiteTask(Observation):
     kind = "verify.suite"
 
     def __init__(self, suite: str | os.PathLike[str], *, marker: str | None,
-                 context: DeployContext, timeout: float, name: str | None) -> None:
+                 context: DeployContext, timeout: float, name: str | None,
+                 secrets: Iterable[Secret] = ()) -> None:
         super().__init__(name=name)
+        self._secrets = list(secrets)
         self.suite = os.fspath(suite)
         self.marker = marker
         self.context = context
@@ -521,6 +534,11 @@ class SuiteTask(Observation):
 
     def target(self) -> str:
         return self.suite + (f" -m {self.marker}" if self.marker else "")
+
+    @property
+    def secrets(self) -> Sequence[Secret]:
+        """The secrets given to :func:`suite_task`, redacted from every output."""
+        return self._secrets
 
     def run(self, conn: Connection, *, check: bool = False, facts: Facts | None = None,
             undo: UndoStack | None = None) -> Result:
@@ -533,7 +551,8 @@ class SuiteTask(Observation):
             return result
         try:
             run = run_suite([conn.host], self.suite, marker=self.marker, context=self.context,
-                            forks=1, timeout=self.timeout, name=self.name)
+                            forks=1, timeout=self.timeout, name=self.name,
+                            secrets=[*self._secrets, *conn.secrets])
         except DeployError as exc:
             result.status, result.message = Status.FAILED, exc.message
         else:
@@ -560,14 +579,15 @@ class SuiteTask(Observation):
 
 def suite_task(suite: str | os.PathLike[str], *, marker: str | None = None,
                context: DeployContext | None = None, timeout: float = 600.0,
-               name: str | None = None) -> SuiteTask:
+               name: str | None = None, secrets: Iterable[Secret] = ()) -> SuiteTask:
     """A step running ``suite`` (tests selected by ``marker``) against each host it runs on.
 
     ``failed`` when a selected test fails (the message names them; ``data`` holds
     every outcome), so a runner's undo treats it like a failed health gate.
-    Processes are bounded across hosts (:data:`PROCESSES`).
+    Processes are bounded across hosts (:data:`PROCESSES`). ``secrets`` and the
+    connection's secrets are redacted from everything the step and its runs hold.
     """
     if marker is not None and not marker.strip():
         raise ConfigError("verify: the marker expression is empty")
     return SuiteTask(suite, marker=marker, context=context or DeployContext(),
-                     timeout=timeout, name=name)
+                     timeout=timeout, name=name, secrets=secrets)
