@@ -17,36 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploykit import humanize
 from deploykit.errors import ConfigError, LockHeldError
 from deploykit.result import RunReport
 
 __all__ = ["LockWaitReporter", "RetryPlan", "last_run", "parse_duration", "retry_plan"]
 
 CONTROLLER = "(controller)"
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*\Z")
-_UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str | float | int | None, what: str = "--lock-wait") -> float:
-    """Seconds from ``90``, ``90s``, ``5m``, ``1.5h`` (None or empty: 0); ConfigError
-    naming ``what`` otherwise."""
-    if text is None or text == "":
-        return 0.0
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise ConfigError(f"{what}: {text!r} is not a duration (e.g. 90s, 5m, 1h)")
-        seconds = float(match.group(1)) * _UNIT[match.group(2)]
-    if seconds < 0:
-        raise ConfigError(f"{what}: {text!r} must not be negative")
-    return seconds
-
-
-def _human(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+    """:func:`deploykit.humanize.parse_duration` (the one duration grammar), naming
+    ``--lock-wait`` in its error by default."""
+    return humanize.parse_duration(text, what)
 
 
 @dataclass
@@ -68,10 +49,12 @@ class LockWaitReporter:
         if holder != self._holder:
             self._holder = holder
             self._shown = time.monotonic()
-            self.echo(f"   waiting up to {_human(self.wait)} for the lock: {error.message}")
+            self.echo(f"   waiting up to {humanize.duration(self.wait)} for the lock: "
+                      f"{error.message}")
         elif time.monotonic() - self._shown >= self.every:
             self._shown = time.monotonic()
-            self.echo(f"   still waiting for the lock: {_human(waited)} of {_human(self.wait)}")
+            self.echo(f"   still waiting for the lock: {humanize.duration(waited)} of "
+                      f"{humanize.duration(self.wait)}")
 
 
 # -- retrying failed hosts ------------------------------------------------------------------

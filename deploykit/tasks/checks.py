@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from deploykit import humanize
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, ConnectError, DeployError, TaskError
 from deploykit.inventory import Host
@@ -133,10 +134,6 @@ def _listing(items: Sequence[str], limit: int = _LIST_LIMIT) -> str:
 def _tagged(output: str, tag: str) -> list[str]:
     prefix = f"{tag} "
     return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
-
-
-def _mib(kib: int) -> str:
-    return f"{kib / 1024:.0f} MiB" if kib < 10 * 1024 * 1024 else f"{kib / 1048576:.1f} GiB"
 
 
 # -- the check base classes -------------------------------------------------------------------
@@ -443,10 +440,11 @@ class ResourcesCheck(Check):
                                   "free_percent": round(percent, 1)}
             need = []
             if free < self.min_free_mb * 1024:
-                need.append(f"at least {self.min_free_mb} MiB")
+                need.append(f"at least {humanize.size(self.min_free_mb * 1048576)}")
             if self.min_free_percent is not None and percent < self.min_free_percent:
                 need.append(f"at least {self.min_free_percent:g}%")
-            text = f"{path} has {_mib(free)} free ({percent:.1f}% of {_mib(size)})"
+            text = (f"{path} has {humanize.size(free * 1024)} free ({percent:.1f}% of "
+                    f"{humanize.size(size * 1024)})")
             if need:
                 problems.append(f"disk: {text}, needs {' and '.join(need)}")
             else:
@@ -458,10 +456,11 @@ class ResourcesCheck(Check):
             else:
                 data["memory_available_mb"] = available // 1024
                 if available < self.min_memory_mb * 1024:
-                    problems.append(f"memory: {_mib(available)} available, needs at least "
-                                    f"{self.min_memory_mb} MiB")
+                    problems.append(f"memory: {humanize.size(available * 1024)} available, "
+                                    "needs at least "
+                                    f"{humanize.size(self.min_memory_mb * 1048576)}")
                 else:
-                    info.append(f"memory {_mib(available)} available")
+                    info.append(f"memory {humanize.size(available * 1024)} available")
         return Verdict(problems, "; ".join(info), data)
 
 
@@ -761,8 +760,8 @@ class BackupCheck(Check):
                 "size": newest["size"], "verified": False}
         problems = []
         if age_hours > self.max_age_hours:
-            problems.append(f"backup: newest backup {name} in {where} is {age_hours:.1f} h old "
-                            f"(max {self.max_age_hours:g} h)")
+            problems.append(f"backup: newest backup {name} in {where} is "
+                            f"{humanize.age(age_hours * 3600)} old (max {self.max_age_hours:g} h)")
         if newest["size"] == 0:
             problems.append(f"backup: {where}/{name} is empty")
         if facts["sidecar"] is None:
@@ -775,8 +774,8 @@ class BackupCheck(Check):
                             f"{facts['sidecar']}")
         else:
             data["verified"] = True
-        return Verdict(problems, f"backup {name} is {age_hours:.1f} h old, checksum verified",
-                       data)
+        return Verdict(problems, f"backup {name} is {humanize.age(age_hours * 3600)} old, "
+                                 "checksum verified", data)
 
 
 def backup(directory: str, *, max_age_hours: float = 24.0, pattern: str = "*.dump",

@@ -21,7 +21,9 @@ happened; failures are also logged (``deploykit.notify``, level WARNING).
 Webhook URLs may be :class:`~deploykit.secrets.Secret` (a Slack URL *is* a
 credential): they are then shown as ``https://hooks.slack.com/********`` in
 every result, log line and error, and so are Secret header values. Requests
-use urllib (the environment's proxy settings apply).
+use the HTTP checks' client (:func:`deploykit.tasks.http.request`): a redirect
+is an answer, never followed (a POST must not become a GET without its body),
+and no proxy is taken from the environment.
 
 :func:`http_request` and :func:`display_url` are the small HTTP helpers shared
 with :mod:`deploykit.tasks.checks` (the CI status check).
@@ -29,39 +31,41 @@ with :mod:`deploykit.tasks.checks` (the CI status check).
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from deploykit import humanize
 from deploykit.errors import ConfigError
 from deploykit.result import Result, Status
 from deploykit.secrets import REDACTED, Secret, redact
+from deploykit.tasks import http
 
 __all__ = [
     "CONTROLLER",
     "EVENTS",
+    "AppriseTarget",
     "DeployEvent",
     "HttpReply",
     "JsonWebhook",
     "Notifier",
     "NotifyResult",
     "SlackWebhook",
+    "Target",
     "Webhook",
+    "apprise_url",
     "display_url",
     "http_request",
     "send",
     "slack",
+    "stage_failed",
     "url_secrets",
     "webhook",
 ]
@@ -73,7 +77,6 @@ EVENTS: tuple[Event, ...] = ("start", "success", "failure", "rollback")
 CONTROLLER = "(controller)"
 """The ``host`` of results produced on the controller rather than on a target host."""
 DEFAULT_TIMEOUT = 5.0
-_USER_AGENT = "deploykit"
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -141,7 +144,9 @@ def http_request(
     timeout: float = DEFAULT_TIMEOUT,
     max_body: int = 1024 * 1024,
 ) -> HttpReply:
-    """One HTTP request with urllib; never raises for network or HTTP errors.
+    """One HTTP request with the HTTP checks' client (:func:`deploykit.tasks.http.request`:
+    no redirect followed, so a POST never turns into a GET; no proxy from the
+    environment); never raises for network or HTTP errors.
 
     ``payload`` is sent as JSON. Secret URL parts and header values are
     revealed only in the request; every error text is redacted.
@@ -149,35 +154,22 @@ def http_request(
     """
     secrets = [*url_secrets(url), *(v for v in (headers or {}).values() if isinstance(v, Secret))]
     data = None if payload is None else json.dumps(payload).encode("utf-8")
-    request = urllib.request.Request(
-        url.reveal() if isinstance(url, Secret) else url, data=data, method=method)
-    request.add_header("User-Agent", _USER_AGENT)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
+    sent = {} if data is None else {"Content-Type": "application/json"}
     for name, value in (headers or {}).items():
-        request.add_header(name, value.reveal() if isinstance(value, Secret) else value)
+        sent[name] = value.reveal() if isinstance(value, Secret) else value
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return HttpReply(response.status, response.read(max_body))
-    except urllib.error.HTTPError as exc:
-        body = b""
-        try:
-            body = exc.read(4096)
-        except (OSError, ValueError):
-            pass
-        return HttpReply(exc.code, redact(body.decode("utf-8", "replace"), secrets).encode())
-    except TimeoutError:
-        return HttpReply(None, error=f"no answer within {timeout:g} s")
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError | socket.timeout):
-            return HttpReply(None, error=f"no answer within {timeout:g} s")
-        text = getattr(reason, "strerror", None) or str(reason)
-        return HttpReply(None, error=redact(f"cannot reach {display_url(url)}: {text}",
-                                            secrets))
-    except (OSError, ValueError, http.client.HTTPException) as exc:
+        response = http.request(url.reveal() if isinstance(url, Secret) else url,
+                                method=method, headers=sent, timeout=timeout, body=data)
+    except ConfigError as exc:
         return HttpReply(None, error=redact(f"request to {display_url(url)} failed: "
-                                            f"{exc or type(exc).__name__}", secrets))
+                                            f"{exc.message}", secrets))
+    if response.status is None:
+        return HttpReply(None, error=redact(f"cannot reach {display_url(url)}: "
+                                            f"{response.error}", secrets))
+    body = response.body[:max_body]
+    if not 200 <= response.status < 300:
+        body = redact(body.decode("utf-8", "replace"), secrets).encode()
+    return HttpReply(response.status, body)
 
 
 # -- events and webhooks ----------------------------------------------------------------------
@@ -211,8 +203,40 @@ class DeployEvent:
                 "time": self.time}
 
 
-class Webhook(ABC):
-    """Where notifications go; subclasses say what body to send."""
+def _check_events(name: str, events: Iterable[Event]) -> frozenset[Event]:
+    wanted = frozenset(events)
+    unknown = wanted - set(EVENTS)
+    if unknown:
+        raise ConfigError(f"{name}: unknown event(s) {sorted(unknown)}; "
+                          f"events: {', '.join(EVENTS)}")
+    return wanted
+
+
+class Target(ABC):
+    """Where notifications go: a name, the events it wants, how it is shown, and how
+    one event is delivered."""
+
+    kind: ClassVar[str] = "target"
+    name: str
+    events: frozenset[Event]
+
+    @property
+    @abstractmethod
+    def display(self) -> str:
+        """How the destination is shown in results and logs (credentials redacted)."""
+
+    @property
+    def secrets(self) -> list[Secret]:
+        """Values to redact everywhere."""
+        return []
+
+    @abstractmethod
+    def deliver(self, event: DeployEvent, timeout: float) -> tuple[bool, int | None, str]:
+        """Send ``event``: ``(delivered, HTTP status or None, what happened)``."""
+
+
+class Webhook(Target):
+    """An HTTP webhook; subclasses say what JSON body to send."""
 
     kind: ClassVar[str] = "webhook"
 
@@ -222,12 +246,17 @@ class Webhook(ABC):
         _check_url(url, f"{self.kind} webhook")
         self.url = url
         self.name = name or self.kind
-        self.events = frozenset(events)
-        unknown = self.events - set(EVENTS)
-        if unknown:
-            raise ConfigError(f"{self.name}: unknown event(s) {sorted(unknown)}; "
-                              f"events: {', '.join(EVENTS)}")
+        self.events = _check_events(self.name, events)
         self.headers: dict[str, str | Secret] = dict(headers or {})
+
+    @property
+    def display(self) -> str:
+        return display_url(self.url)
+
+    def deliver(self, event: DeployEvent, timeout: float) -> tuple[bool, int | None, str]:
+        reply = http_request(self.url, method="POST", payload=self.payload(event),
+                             headers=self.headers, timeout=timeout)
+        return reply.ok, reply.status, reply.describe()
 
     @property
     def secrets(self) -> list[Secret]:
@@ -252,12 +281,6 @@ _SLACK_STYLE: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 class SlackWebhook(Webhook):
     """A Slack (or Mattermost, Rocket.Chat) incoming webhook: ``text`` + ``attachments``."""
 
@@ -268,7 +291,7 @@ class SlackWebhook(Webhook):
         version = f" {event.version}" if event.version else ""
         text = f"{emoji} {event.app}{version}: deploy {event.deploy_id} {verb}"
         if event.duration is not None and event.event != "start":
-            text += f" after {_duration(event.duration)}"
+            text += f" after {humanize.duration(event.duration)}"
         if event.message:
             text += f": {event.message}"
         hosts = ", ".join(event.hosts)
@@ -338,7 +361,7 @@ class Notifier:
     parallel); ``secrets`` adds values to redact from messages.
     """
 
-    def __init__(self, webhooks: Sequence[Webhook], *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, webhooks: Sequence[Target], *, timeout: float = DEFAULT_TIMEOUT,
                  secrets: Iterable[Secret] = ()) -> None:
         if timeout <= 0:
             raise ConfigError(f"notification timeout must be positive, not {timeout!r}")
@@ -365,7 +388,7 @@ class Notifier:
         for index, target in enumerate(targets):
             result = results[index]
             if result is None:  # still waiting for the receiver: give up on it
-                result = NotifyResult(target.name, display_url(target.url), event.event, False,
+                result = NotifyResult(target.name, target.display, event.event, False,
                                       message=f"no answer within {self.timeout:g} s",
                                       duration=time.monotonic() - started)
             if not result.ok:
@@ -374,16 +397,15 @@ class Notifier:
             out.append(result)
         return out
 
-    def _deliver(self, target: Webhook, event: DeployEvent, index: int,
+    def _deliver(self, target: Target, event: DeployEvent, index: int,
                  results: list[NotifyResult | None]) -> None:
         started = time.monotonic()
-        shown = display_url(target.url)
+        shown = target.display
         try:
-            reply = http_request(target.url, method="POST", payload=target.payload(event),
-                                 headers=target.headers, timeout=self.timeout)
-            message = redact(reply.describe(), self.secrets)
-            results[index] = NotifyResult(target.name, shown, event.event, reply.ok,
-                                          reply.status, message, time.monotonic() - started)
+            ok, status, what = target.deliver(event, self.timeout)
+            results[index] = NotifyResult(target.name, shown, event.event, ok, status,
+                                          redact(what, self.secrets),
+                                          time.monotonic() - started)
         except Exception as exc:  # a bug must not reach the deploy: report it instead
             results[index] = NotifyResult(
                 target.name, shown, event.event, False,
@@ -391,7 +413,98 @@ class Notifier:
                 duration=time.monotonic() - started)
 
 
-def send(webhooks: Sequence[Webhook], event: DeployEvent, *,
+def send(webhooks: Sequence[Target], event: DeployEvent, *,
          timeout: float = DEFAULT_TIMEOUT) -> list[NotifyResult]:
     """Send one event with a one-off :class:`Notifier` (never raises)."""
     return Notifier(webhooks, timeout=timeout).send(event)
+
+
+def stage_failed(notifier: Notifier | Sequence[Target] | None, stage: str, *, deploy_id: str,
+                 app: str, message: str, version: str | None = None,
+                 hosts: Sequence[str] = (), who: str = "",
+                 duration: float | None = None) -> list[NotifyResult]:
+    """Notify a ``failure`` that happened before the deploy itself ran: ``stage`` is
+    ``pre-flight``, ``build``, ``lock``, ... (the event's ``result`` says
+    ``<stage> failed``). What the pipeline calls when pre-flight or the build fails;
+    never raises (None or no targets: nothing is sent)."""
+    if notifier is None:
+        return []
+    if not isinstance(notifier, Notifier):
+        notifier = Notifier(notifier)
+    return notifier.send(DeployEvent("failure", deploy_id, app=app, version=version,
+                                     result=f"{stage} failed", hosts=hosts, who=who,
+                                     duration=duration, message=message))
+
+
+# -- apprise: email, Telegram, PagerDuty, Discord, ... by URL (deploykit[notify]) ------------
+
+_APPRISE_TYPE = {"start": "info", "success": "success", "failure": "failure",
+                 "rollback": "warning"}
+
+
+def _apprise() -> Any:
+    try:
+        import apprise  # optional: deploykit[notify]
+    except ImportError:
+        raise ConfigError("apprise notifications need the apprise package: install "
+                          "deploykit[notify] (pip install 'deploykit[notify]')") from None
+    return apprise
+
+
+class AppriseTarget(Target):
+    """Any service apprise reaches by URL (``mailtos://``, ``tgram://``, ``pagerduty://``,
+    ``discord://``, ``json://``, ...). See :func:`apprise_url`."""
+
+    kind: ClassVar[str] = "apprise"
+
+    def __init__(self, url: str | Secret, *, name: str | None = None,
+                 events: Iterable[Event] = EVENTS) -> None:
+        self.url = url if isinstance(url, Secret) else Secret(url)
+        scheme = self.url.reveal().partition("://")[0]
+        self.name = name or scheme or self.kind
+        self.events = _check_events(self.name, events)
+        self._scheme = scheme
+        if not _apprise().Apprise().add(self.url.reveal()):
+            raise ConfigError(f"{self.name}: apprise does not understand the URL "
+                              f"{self.display!r} (see https://github.com/caronc/apprise/wiki)")
+
+    @property
+    def display(self) -> str:
+        return f"{self._scheme}://{REDACTED}"
+
+    @property
+    def secrets(self) -> list[Secret]:
+        return [self.url]
+
+    def __repr__(self) -> str:
+        return f"AppriseTarget({self.display!r}, name={self.name!r})"
+
+    @staticmethod
+    def text(event: DeployEvent) -> tuple[str, str]:
+        """``(title, body)`` of the message."""
+        _, verb, _ = _SLACK_STYLE[event.event]
+        version = f" {event.version}" if event.version else ""
+        title = f"{event.app}{version}: deploy {event.deploy_id} {verb}"
+        lines = [f"{key}: {value}" for key, value in (
+            ("result", event.result), ("message", event.message),
+            ("hosts", ", ".join(event.hosts)), ("by", event.who),
+            ("duration", None if event.duration is None
+             else humanize.duration(event.duration)), ("time", event.time)) if value]
+        return title, "\n".join(lines)
+
+    def deliver(self, event: DeployEvent, timeout: float) -> tuple[bool, int | None, str]:
+        apprise = _apprise()
+        sender = apprise.Apprise()
+        sender.add(self.url.reveal())
+        title, body = self.text(event)
+        ok = bool(sender.notify(body=body, title=title,
+                                notify_type=_APPRISE_TYPE[event.event]))
+        return ok, None, "sent" if ok else "apprise could not deliver it (see its log)"
+
+
+def apprise_url(url: str | Secret, *, name: str | None = None,
+                events: Iterable[Event] = EVENTS) -> AppriseTarget:
+    """A notification target by apprise URL: email, Telegram, PagerDuty, Discord and
+    100 more. Needs ``deploykit[notify]``; the URL is a credential and is shown as
+    ``<scheme>://********``."""
+    return AppriseTarget(url, name=name, events=events)

@@ -2,8 +2,9 @@
 
 The layout on a host, for app ``sampleapp`` under ``root="/srv"``::
 
-    /srv/sampleapp/releases/v1/     an unpacked artifact, its venv, links to shared/
+    /srv/sampleapp/releases/v1/     an unpacked artifact, links to shared/, venv -> envs/...
     /srv/sampleapp/releases/v2/
+    /srv/sampleapp/envs/<deps>.<n>/ a virtualenv per dependency set, shared by releases
     /srv/sampleapp/shared/.env      what every release shares (config, uploads, logs)
     /srv/sampleapp/current -> /srv/sampleapp/releases/v2
     /srv/sampleapp/blue    -> /srv/sampleapp/releases/v1    (blue/green: one link per colour)
@@ -43,12 +44,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from deploykit.artifacts import Artifact, check_name, install_command
+from deploykit.artifacts import Artifact, check_name
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, RemoteCommandError, RollbackError, TaskError
 from deploykit.facts import parse_path, path_script
 from deploykit.shell import quote
 from deploykit.task import Facts, Plan, Task, UndoStack
+from deploykit.tasks import environments
 from deploykit.tasks.files import SymlinkTask
 
 __all__ = [
@@ -405,7 +407,15 @@ class InstallTask(_AppTask):
             link = quote(f"{self.path}/{p}")
             lines.append(f"if [ -L {link} ]; then printf 'link %s ' {quote(p)}; "
                          f"readlink -- {link}; fi")
-        return {"shared": "\n".join(lines) or ":"}
+        env = environments.probe_script(self.base, self.dependencies, self.python)
+        return {"shared": "\n".join(lines) or ":",
+                "env": f"if [ ! -f {quote(f'{self.path}/{RECORD}')} ]; then\n{env}\nfi"}
+
+    @property
+    def dependencies(self) -> str:
+        """The artifact's dependency hash (requirements and wheels; see
+        :mod:`deploykit.tasks.environments`)."""
+        return environments.dependency_hash(self.artifact)
 
     def parse(self, output: str) -> Facts:
         facts = super().parse(output)
@@ -418,6 +428,8 @@ class InstallTask(_AppTask):
                 path, _, target = rest.partition(" ")
                 links[path] = target
         facts["present"], facts["links"] = present, links
+        env = dict(line.split(" ", 1) for line in facts["env"].splitlines() if " " in line)
+        facts["env_key"], facts["env_ok"] = env.get("env-key"), env.get("env-ok")
         return facts
 
     def plan(self, conn: Connection, facts: Facts) -> Plan:
@@ -425,10 +437,12 @@ class InstallTask(_AppTask):
         rel = state.releases.get(self.release_id)
         plan = Plan()
         want = f"{self.release_id} (sha256:{self.artifact.sha256[:12]}, {self.artifact.size} bytes)"
-        if rel is None:
-            plan.add("release", None, want)
-        elif not rel.complete:
-            plan.add("release", "incomplete install", want)
+        if rel is None or not rel.complete:
+            plan.add("release", None if rel is None else "incomplete install", want)
+            key = facts.get("env_key")
+            plan.add("environment", None,
+                     f"{facts['env_ok']} (reused)" if facts.get("env_ok")
+                     else f"{self.base}/{environments.ENVS}/{key} (new)" if key else "(new)")
         elif rel.sha256 != self.artifact.sha256:
             raise self.error(conn, f"release {self.release_id} is already installed from "
                                    f"another artifact (sha256:{(rel.sha256 or '')[:12]}, this "
@@ -492,11 +506,14 @@ class InstallTask(_AppTask):
             ("sha256", self.artifact.sha256)))
         script = "\n".join([
             "set -e",
-            f"trap 'rm -rf -- {rel} {tarball}' EXIT",  # a failed install leaves nothing
+            "building=",  # a failed install leaves nothing, a half-built environment neither
+            f"trap 'rm -rf -- {rel} {tarball}; [ -z \"$building\" ] || rm -rf -- \"$building\"' "
+            "EXIT",
             f"mkdir -- {rel}",
             f"tar -xzf {tarball} -C {rel} --no-same-owner",
             f"cd {rel}",
-            f"{{ {install_command(self.python)}; }} 2>&1 || exit $?",  # (set -e skips && lists)
+            environments.ensure_script(self.base, self.dependencies, self.python,
+                                       lock_timeout=self.timeout),
             self._link_script(),
             f"printf '{record}created=%s\\n' \"$(date +%s.%N)\" > {RECORD}.tmp",
             f"mv -f -- {RECORD}.tmp {RECORD}",
@@ -527,11 +544,13 @@ def install(
 ) -> InstallTask:
     """Install ``artifact`` as ``<root>/<app>/releases/<release_id>``.
 
-    Uploads the tarball (checked by SHA-256 on the host), unpacks it, builds
-    its venv from the bundled wheels with
-    :func:`deploykit.artifacts.install_command` (no network), links each
-    shared path to ``<root>/<app>/shared/<path>``, and last writes the
-    release record (with the artifact's SHA-256 and the install time).
+    Uploads the tarball (checked by SHA-256 on the host), unpacks it, links its
+    ``venv`` to the environment of its dependency set (requirements, wheel
+    hashes, the host's Python), building that environment from the bundled
+    wheels first only when the host has no sound one (no network; see
+    :mod:`deploykit.tasks.environments`), links each shared path to
+    ``<root>/<app>/shared/<path>``, and last writes the release record (with
+    the artifact's SHA-256 and the install time).
 
     Args:
         app: the app's name (``/srv/<app>``).
@@ -552,9 +571,11 @@ def install(
     never overwritten. An interrupted install (no record) is redone.
     Failure: a failed unpack or pip install removes the new release directory
     and reports the end of the output.
-    Check mode: ``release: (none) -> v2 (sha256:..., N bytes)``.
+    Check mode: ``release: (none) -> v2 (sha256:..., N bytes)`` and
+    ``environment: (none) -> /srv/app/envs/<key>.<n> (reused)`` (or ``<key> (new)``).
     Undo: removes the release directory this task created, and the shared
-    directories it created while they are still empty.
+    directories it created while they are still empty (an environment it built
+    stays until :func:`cleanup` finds no release using it).
     """
     return InstallTask(app, artifact, release_id=release_id, root=root,
                        shared_files=shared_files, shared_dirs=shared_dirs, python=python,
@@ -805,18 +826,35 @@ class CleanupTask(_AppTask):
         """The releases to remove, oldest first."""
         return removable(state, self.keep, self.keep_failed)
 
+    def extra_probes(self) -> dict[str, str]:
+        return {"envs": environments.listing_script(self.base)}
+
+    def doomed_environments(self, facts: Facts) -> list[environments.EnvironmentInfo]:
+        """The environments no release left after the cleanup uses."""
+        state: AppReleases = facts["app"]
+        gone = {r.release_id for r in self.doomed(state)}
+        envs = environments.parse_environments(facts["envs"], self.base)
+        return environments.unused(envs, [r for r in state.releases if r not in gone])
+
     def plan(self, conn: Connection, facts: Facts) -> Plan:
         plan = Plan()
         for rel in self.doomed(facts["app"]):
             plan.add(f"release {rel.release_id}", rel.state, "absent")
+        for env in self.doomed_environments(facts):
+            plan.add(f"environment {env.name}", "unused" if env.complete else "incomplete",
+                     "absent")
         return plan
 
     def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
         doomed = self.doomed(facts["app"])
-        names = ", ".join(r.release_id for r in doomed)
-        undo.push(f"restore releases {names}", _impossible(
-            f"removed releases cannot be restored: {names}"))
-        conn.run("rm -rf -- " + " ".join(quote(r.path) for r in doomed), task=self.name)
+        if doomed:
+            names = ", ".join(r.release_id for r in doomed)
+            undo.push(f"restore releases {names}", _impossible(
+                f"removed releases cannot be restored: {names}"))
+            conn.run("rm -rf -- " + " ".join(quote(r.path) for r in doomed), task=self.name)
+        envs = [e.path for e in self.doomed_environments(facts)]
+        if envs:
+            conn.run(environments.remove_command(self.base, envs), task=self.name)
 
 
 def removable(state: AppReleases, keep: int, keep_failed: int = 1) -> list[ReleaseInfo]:
@@ -854,6 +892,8 @@ def cleanup(app: str, *, keep: int = 5, keep_failed: int = 1, root: str = DEFAUL
     rollback always has somewhere to go). Failed releases never count toward
     ``keep``; the newest ``keep_failed`` of them stay for inspection.
     Interrupted installs are removed. See :func:`removable` for the rule.
+    Then every environment no remaining release uses is removed (under the
+    environments' lock, re-checked there: one an install linked meanwhile stays).
 
     Idempotence: ``ok`` when nothing is beyond the limits.
     Check mode: ``release v1: ok -> absent`` per release.

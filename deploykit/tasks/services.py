@@ -55,6 +55,7 @@ __all__ = [
     "MANAGERS",
     "ProgramSpec",
     "ProgramTask",
+    "Readiness",
     "ServiceManager",
     "ServiceStatus",
     "ServiceTask",
@@ -64,11 +65,15 @@ __all__ = [
     "program",
     "restart",
     "service",
+    "start_failure",
     "status",
 ]
 
 ProgramState = Literal["started", "stopped", "present", "absent"]
 ServiceState = Literal["started", "stopped", "restarted"]
+#: What a start waits for: ``running`` (the manager's RUNNING, after ``startsecs``) or
+#: ``started`` (the process is up; a health check then decides readiness).
+Readiness = Literal["running", "started"]
 
 RUNNING = "RUNNING"
 ABSENT = "ABSENT"
@@ -204,9 +209,13 @@ class ServiceManager(ABC):
         """Start, stop or restart the program."""
 
     @abstractmethod
-    def wait_script(self, program: str, startsecs: int, timeout: float) -> str:
+    def wait_script(self, program: str, startsecs: int, timeout: float, *,
+                    started: bool = False) -> str:
         """Wait until the program is RUNNING (starting it once if it is stopped) or
-        failed, at most ``timeout`` s; print its final :meth:`status_script` line."""
+        failed, at most ``timeout`` s; print its final :meth:`status_script` line.
+
+        ``started``: return as soon as the process is started (``STARTING``), without
+        waiting ``startsecs``: readiness is then the caller's health check."""
 
     @abstractmethod
     def log_script(self, program: str, lines: int) -> str:
@@ -284,17 +293,29 @@ class Supervisor(ServiceManager):
     def command(self, program: str, action: Literal["start", "stop", "restart"]) -> str:
         return f"{self.ctl} {action} {quote(program)}"
 
-    def wait_script(self, program: str, startsecs: int, timeout: float) -> str:
+    #: Start a program without waiting for ``startsecs`` (supervisorctl start waits).
+    START_NOWAIT = (
+        "/usr/bin/python3 -c 'import sys, xmlrpc.client\n"
+        "from supervisor.xmlrpc import SupervisorTransport\n"
+        "t = SupervisorTransport(None, None, \"unix:///run/supervisor.sock\")\n"
+        "xmlrpc.client.ServerProxy(\"http://localhost\", transport=t)"
+        ".supervisor.startProcess(sys.argv[1], False)' ")
+
+    def wait_script(self, program: str, startsecs: int, timeout: float, *,
+                    started: bool = False) -> str:
         p = quote(program)
+        start = (f"{{ {self.START_NOWAIT}{p} || {self.ctl} start {p}; }}" if started
+                 else f"{self.ctl} start {p}")
         return (
             f"end=$(( $(date +%s) + {int(timeout) + 1} )); first=1\n"
             "while :; do\n"
             f"  line=$({self.ctl} status {p} 2>&1); set -f; set -- $line; set +f\n"
             "  case \"${2:-}\" in\n"
             "    RUNNING) break ;;\n"
-            "    STARTING|BACKOFF|STOPPING) ;;\n"
-            "    STOPPED|EXITED|FATAL) [ -n \"$first\" ] || break\n"
-            f"      {self.ctl} start {p} >/dev/null 2>&1 || : ;;\n"
+            + ("    STARTING) break ;;\n    BACKOFF|STOPPING) ;;\n" if started
+               else "    STARTING|BACKOFF|STOPPING) ;;\n")
+            + "    STOPPED|EXITED|FATAL) [ -n \"$first\" ] || break\n"
+            f"      {start} >/dev/null 2>&1 || : ;;\n"
             "    *) break ;;\n"
             "  esac\n"
             "  first=\n"
@@ -376,7 +397,9 @@ class Systemd(ServiceManager):
     def command(self, program: str, action: Literal["start", "stop", "restart"]) -> str:
         return f"systemctl {action} {quote(program + '.service')}"
 
-    def wait_script(self, program: str, startsecs: int, timeout: float) -> str:
+    def wait_script(self, program: str, startsecs: int, timeout: float, *,
+                    started: bool = False) -> str:
+        startsecs = 0 if started else startsecs
         unit = quote(program + ".service")
         show = f"systemctl show {unit} -p NRestarts --value"
         return (
@@ -421,6 +444,26 @@ def status(conn: Connection, name: str, *, manager: str | None = None) -> Servic
     return backend.parse_status(name, out)
 
 
+#: States in which a started program is not coming up (supervisor's and systemd's, as
+#: :class:`ServiceStatus` names them).
+NOT_COMING_UP = ("BACKOFF", "FATAL", "EXITED", "STOPPED", "failed", ABSENT)
+
+
+def start_failure(conn: Connection, name: str, *, manager: str | None = None,
+                  log_lines: int = LOG_LINES) -> str | None:
+    """Why a program started with ``ready="started"`` is not coming up, or None while it
+    is STARTING or RUNNING: its state and the last ``log_lines`` of its stderr log.
+    For a health gate to stop waiting on a program that crashed (read-only)."""
+    backend = manager_for(conn.host, _check_manager(manager))
+    now = status(conn, name, manager=manager)
+    if now.state not in NOT_COMING_UP:
+        return None
+    log = conn.run(backend.log_script(name, log_lines), write=False, check=False,
+                   task=f"services.status {name}").stdout.rstrip()
+    return (f"program {name} is {now.state}{f' ({now.detail})' if now.detail else ''}. "
+            f"Last {log_lines} lines of its stderr log:\n{log or '(empty)'}")
+
+
 # -- tasks ---------------------------------------------------------------------------------
 
 
@@ -428,12 +471,22 @@ class _ServiceBase(Task):
     """Probes a program's config file and state, for whichever manager the host has."""
 
     def __init__(self, program: str, *, manager: str | None, log_lines: int,
-                 timeout: float | None, name: str | None) -> None:
+                 timeout: float | None, name: str | None, ready: Readiness = "running",
+                 ) -> None:
         super().__init__(name=name)
         self.program = _check_name(program)
         self.manager = _check_manager(manager)
         self.log_lines = log_lines
         self.timeout = timeout
+        if ready not in ("running", "started"):
+            raise ConfigError(f"program {program}: ready must be running or started, "
+                              f"not {ready!r}")
+        self.ready = ready
+
+    def up(self, now: ServiceStatus) -> bool:
+        """The program is as started as this task waits for: RUNNING, or with
+        ``ready="started"`` also STARTING (its health check decides the rest)."""
+        return now.running or (self.ready == "started" and now.state == "STARTING")
 
     def target(self) -> str:
         return self.program
@@ -495,10 +548,11 @@ class _ServiceBase(Task):
         TaskError with the state and the stderr log's last lines."""
         timeout = self.timeout if self.timeout is not None else default_timeout(startsecs,
                                                                                 retries)
-        out = conn.run(b.wait_script(self.program, startsecs, timeout), check=False,
+        out = conn.run(b.wait_script(self.program, startsecs, timeout,
+                                     started=self.ready == "started"), check=False,
                        write=False, task=self.name, timeout=timeout + 30).stdout
         now = b.parse_status(self.program, out)
-        if now.running:
+        if self.up(now):
             return
         log = conn.run(b.log_script(self.program, self.log_lines), write=False, check=False,
                        task=self.name).stdout.rstrip()
@@ -528,9 +582,10 @@ class ProgramTask(_ServiceBase):
 
     def __init__(self, spec: ProgramSpec, *, state: ProgramState = "started",
                  manager: str | None = None, log_lines: int = LOG_LINES,
-                 timeout: float | None = None, name: str | None = None) -> None:
+                 timeout: float | None = None, name: str | None = None,
+                 ready: Readiness = "running") -> None:
         super().__init__(spec.name, manager=manager, log_lines=log_lines, timeout=timeout,
-                         name=name)
+                         name=name, ready=ready)
         if state not in ("started", "stopped", "present", "absent"):
             raise ConfigError(f"program {spec.name}: state must be started, stopped, present "
                               f"or absent, not {state!r}")
@@ -564,7 +619,7 @@ class ProgramTask(_ServiceBase):
                 plan.add("state", now.state, ABSENT)
             return plan
         plan.changes += self.config_task(b).plan(conn, {"path": conf}).changes
-        if self.state == "started" and (not now.running or not now.known):
+        if self.state == "started" and (not self.up(now) or not now.known):
             plan.add("state", now.state, RUNNING)
         elif self.state == "stopped" and now.state in ACTIVE_STATES:
             plan.add("state", now.state, "STOPPED")
@@ -625,6 +680,7 @@ def program(
     timeout: float | None = None,
     log_lines: int = LOG_LINES,
     task_name: str | None = None,
+    ready: Readiness = "running",
 ) -> ProgramTask:
     """A long-running program: its config file, and its state.
 
@@ -650,6 +706,12 @@ def program(
             and back-off, :func:`default_timeout`).
         log_lines: how many stderr lines a failure message carries.
         task_name: the step's name in reports (default ``services.program <name>``).
+        ready: ``running`` (default): a start waits for the manager's RUNNING, i.e.
+            ``startsecs`` up; ``started``: a start returns once the process is up
+            (supervisor ``STARTING``; started without supervisorctl's blocking
+            wait), for callers whose health check then decides readiness.
+            Supervisor still applies ``startsecs``: a program that exits at start
+            goes BACKOFF then FATAL, which :func:`status` shows.
 
     Idempotence: ``ok`` when the config file has the same content and mode and
     the state is as wanted; nothing is written. A changed config is applied
@@ -666,7 +728,7 @@ def program(
                        startretries=startretries, stopsignal=stopsignal,
                        stopwaitsecs=stopwaitsecs, autostart=autostart, autorestart=autorestart)
     return ProgramTask(spec, state=state, manager=manager, log_lines=log_lines,
-                       timeout=timeout, name=task_name)
+                       timeout=timeout, name=task_name, ready=ready)
 
 
 class ServiceTask(_ServiceBase):
@@ -677,9 +739,9 @@ class ServiceTask(_ServiceBase):
     def __init__(self, program: str, state: ServiceState, *, startsecs: int = 2,
                  startretries: int = 3, manager: str | None = None,
                  log_lines: int = LOG_LINES, timeout: float | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, ready: Readiness = "running") -> None:
         super().__init__(program, manager=manager, log_lines=log_lines, timeout=timeout,
-                         name=name)
+                         name=name, ready=ready)
         if state not in ("started", "stopped", "restarted"):
             raise ConfigError(f"service {program}: state must be started, stopped or "
                               f"restarted, not {state!r}")
@@ -699,7 +761,7 @@ class ServiceTask(_ServiceBase):
         plan = Plan()
         if self.state == "restarted":
             plan.add("state", now.state, "RUNNING (restarted)")
-        elif self.state == "started" and not now.running:
+        elif self.state == "started" and not self.up(now):
             plan.add("state", now.state, RUNNING)
         elif self.state == "stopped" and now.state in ACTIVE_STATES:
             plan.add("state", now.state, "STOPPED")
@@ -714,8 +776,10 @@ class ServiceTask(_ServiceBase):
             conn.run(b.command(self.program, "stop"), task=self.name)
             return
         if self.state == "restarted":
-            conn.run(b.command(self.program, "restart"), check=False, task=self.name)
-        elif not now.running:
+            # with ready="started", stop, then let the wait start it without blocking
+            conn.run(b.command(self.program, "stop" if self.ready == "started" else "restart"),
+                     check=False, task=self.name)
+        elif not self.up(now):
             undo.push(f"stop {self.program}", _undo(b.command(self.program, "stop"),
                                                      self.name))
         self.wait_running(conn, b, self.startsecs, self.startretries)
@@ -726,14 +790,15 @@ class ServiceTask(_ServiceBase):
             return super().changed_after_apply(conn, facts)
         _, now = self.current(conn, self.probe(conn))
         plan = Plan()
-        if not now.running:
+        if not self.up(now):
             plan.add("state", now.state, RUNNING)
         return plan
 
 
 def service(program: str, state: ServiceState, *, startsecs: int = 2, startretries: int = 3,
             manager: str | None = None, timeout: float | None = None,
-            log_lines: int = LOG_LINES, name: str | None = None) -> ServiceTask:
+            log_lines: int = LOG_LINES, name: str | None = None,
+            ready: Readiness = "running") -> ServiceTask:
     """Start, stop or restart a program the manager already knows.
 
     Args:
@@ -741,7 +806,7 @@ def service(program: str, state: ServiceState, *, startsecs: int = 2, startretri
         state: ``started`` (wait for RUNNING), ``stopped``, or ``restarted``.
         startsecs, startretries: what the program's config says, to size the
             wait (see :func:`default_timeout`); ``timeout`` overrides it.
-        manager, log_lines: as for :func:`program`.
+        manager, log_lines, ready: as for :func:`program`.
 
     Idempotence: ``started``/``stopped`` are ``ok`` when the program already is;
     **``restarted`` always restarts** (an action: use it as a handler, or after
@@ -751,12 +816,16 @@ def service(program: str, state: ServiceState, *, startsecs: int = 2, startretri
     is not undone).
     """
     return ServiceTask(program, state, startsecs=startsecs, startretries=startretries,
-                       manager=manager, log_lines=log_lines, timeout=timeout, name=name)
+                       manager=manager, log_lines=log_lines, timeout=timeout, name=name,
+                       ready=ready)
 
 
 def restart(program: str, *, startsecs: int = 2, startretries: int = 3,
             manager: str | None = None, timeout: float | None = None,
-            log_lines: int = LOG_LINES, name: str | None = None) -> ServiceTask:
-    """``service(program, "restarted", ...)``: restart, then wait for RUNNING."""
+            log_lines: int = LOG_LINES, name: str | None = None,
+            ready: Readiness = "running") -> ServiceTask:
+    """``service(program, "restarted", ...)``: restart, then wait for RUNNING (or, with
+    ``ready="started"``, for the process to be up)."""
     return service(program, "restarted", startsecs=startsecs, startretries=startretries,
-                   manager=manager, timeout=timeout, log_lines=log_lines, name=name)
+                   manager=manager, timeout=timeout, log_lines=log_lines, name=name,
+                   ready=ready)

@@ -122,8 +122,8 @@ def test_a_full_disk_fails_the_resources_check_alone(lab: Lab, lab_connection: S
     finally:
         lab.nsenter("web-2", ["umount", full])
     assert by_task(report, "web-2") == {
-        "data disk": ("failed", f"disk: {full} has 0 MiB free (0.0% of 1 MiB), "
-                                f"needs at least 1 MiB"),
+        "data disk": ("failed", f"disk: {full} has 0 B free (0.0% of 1.0 MiB), "
+                                f"needs at least 1.0 MiB"),
         "root disk": ("ok", by_task(report, "web-2")["root disk"][1]),
     }
     assert report.failed[0].data["disk"][full] == {"free_mb": 0, "size_mb": 1,

@@ -10,6 +10,7 @@ with no write command.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +101,9 @@ def test_install_unpacks_builds_the_venv_links_shared_and_records(
     v1 = built["v1"]
     task = releases.install(app, v1)
     first = apply_twice(conn, task)
-    assert first.diff == f"release: (none) -> v1 (sha256:{v1.sha256[:12]}, {v1.size} bytes)"
+    release, env = first.diff.splitlines()
+    assert release == f"release: (none) -> v1 (sha256:{v1.sha256[:12]}, {v1.size} bytes)"
+    assert re.fullmatch(rf"environment: \(none\) -> /srv/{app}/envs/[0-9a-f]{{24}} \(new\)", env)
     rel = f"/srv/{app}/releases/v1"
     assert host.file(f"{rel}/VERSION").content_string == "v1\n"
     assert host.file(f"{rel}/sampleapp/web.py").is_file

@@ -248,6 +248,11 @@ def test_upgrade_to_v2_with_its_migration_then_roll_back_to_v1(
     assert s.get(f"/api/items/{old_item['id']}")[:2] == (200, {**old_item, "note": ""})
 
     conn = lab_connection(WEB)
+    # v2 has v1's dependencies: it runs on v1's environment, and no other was built
+    base = f"/srv/{s.app}"
+    v1_env, v2_env, *envs = conn.run(f"readlink -f {base}/releases/v1/venv "
+                                     f"{base}/releases/v2/venv; ls {base}/envs").stdout.split()
+    assert v1_env == v2_env and envs == [v1_env.rsplit("/", 1)[1]]
     back = Runner([releases.rollback(s.app, from_release="v2"),
                    s.program(releases.release_dir(s.app, "v1"))]).run([s.web])
     assert statuses(back) == ["changed", "changed"]

@@ -208,3 +208,32 @@ def test_every_value_reaches_supervisor_literally(conn: Connection, host: Any,
     apply_twice(conn, services.program(name, ["/bin/sh", "-c", 'echo "$1" >&2; sleep 1000',
                                               "sh", odd]))
     assert host.file(f"/var/log/supervisor/{name}.err.log").content_string == odd + "\n"
+
+
+def test_ready_started_returns_once_the_process_is_up_and_a_crash_still_shows(
+        conn: Connection, names: Callable[[], str]) -> None:
+    """``ready="started"``: no ``startsecs`` wait (the caller's health check decides);
+    supervisor's own start rule still turns a program that exits at start FATAL."""
+    name = names()
+    # startsecs=600: waiting for RUNNING would take ten minutes
+    task = services.program(name, ["/bin/sleep", "1000"], startsecs=600, ready="started")
+    first = apply_twice(conn, task)
+    assert first.diff.endswith("state: ABSENT -> RUNNING")
+    assert supervisor_status(conn, name)[0] == "STARTING"
+    before = conn.run(["pgrep", "-f", "^/bin/sleep 1000"]).stdout.split()
+    restarted = services.restart(name, startsecs=600, ready="started").run(conn)
+    assert restarted.status is Status.CHANGED, restarted.message
+    assert supervisor_status(conn, name)[0] == "STARTING"
+    after = conn.run(["pgrep", "-f", "^/bin/sleep 1000"]).stdout.split()
+    assert len(before) == len(after) == 1 and after != before  # a new process
+
+    crash = names()
+    services.program(crash, ["/bin/sh", "-c", "echo 'bad config' >&2; exit 3"], startsecs=1,
+                     startretries=0, ready="started").run(conn)  # it may exit before the wait
+    conn.run(f"for i in $(seq 100); do supervisorctl status {crash} | grep -q FATAL && exit; "
+             "sleep 0.2; done; exit 1")
+    assert services.status(conn, crash).state == "FATAL"
+    assert services.start_failure(conn, name) is None  # the sleeper is still starting
+    why = services.start_failure(conn, crash)
+    assert why is not None and why.startswith(f"program {crash} is FATAL")
+    assert why.endswith("bad config")

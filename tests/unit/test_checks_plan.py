@@ -54,8 +54,8 @@ def test_resources_pass_lists_free_disk_and_memory() -> None:
            "mem MemTotal: 4194304\nmem MemAvailable: 1048576\n")
     verdict = judge(check, out)
     assert verdict.problems == []
-    assert verdict.info == ("disk / has 5120 MiB free (50.0% of 10.0 GiB); disk /srv has "
-                            "1536 MiB free (75.0% of 2048 MiB); memory 1024 MiB available")
+    assert verdict.info == ("disk / has 5.0 GiB free (50.0% of 10.0 GiB); disk /srv has "
+                            "1.5 GiB free (75.0% of 2.0 GiB); memory 1.0 GiB available")
     assert verdict.data["disk"]["/srv"] == {"free_mb": 1536, "size_mb": 2048,
                                             "free_percent": 75.0}
 
@@ -65,16 +65,17 @@ def test_resources_names_each_shortage() -> None:
                              min_memory_mb=512)
     out = "disk 0 1048576 51200\ndisk 1 missing\nmem MemAvailable: 262144\n"
     assert judge(check, out).problems == [
-        "disk: / has 50 MiB free (4.9% of 1024 MiB), needs at least 100 MiB and at least 10%",
+        "disk: / has 50.0 MiB free (4.9% of 1.0 GiB), needs at least 100.0 MiB and at least 10%",
         "disk: /gone does not exist (df failed)",
-        "memory: 256 MiB available, needs at least 512 MiB",
+        "memory: 256.0 MiB available, needs at least 512.0 MiB",
     ]
 
 
 def test_resources_percentage_alone_can_fail_and_memory_can_be_ignored() -> None:
     check = checks.resources(["/"], min_free_mb=0, min_free_percent=20, min_memory_mb=None)
     verdict = judge(check, "disk 0 1000000 100000\n")
-    assert verdict.problems == ["disk: / has 98 MiB free (10.0% of 977 MiB), needs at least 20%"]
+    assert verdict.problems == [
+        "disk: / has 97.7 MiB free (10.0% of 976.6 MiB), needs at least 20%"]
 
 
 def test_resources_probe_runs_df_and_meminfo_in_one_snippet(tmp_path: Path) -> None:
@@ -213,7 +214,7 @@ def test_backup_newest_dump_verified_against_its_sidecar(tmp_path: Path) -> None
     make_dump(tmp_path, "shop-new.dump", b"new", age_hours=1)
     verdict = backup_verdict(tmp_path, max_age_hours=24)
     assert verdict.problems == []
-    assert verdict.info == "backup shop-new.dump is 1.0 h old, checksum verified"
+    assert verdict.info == "backup shop-new.dump is 60 min old, checksum verified"
     assert verdict.data["verified"] is True and verdict.data["file"] == f"{tmp_path}/shop-new.dump"
 
 
@@ -324,7 +325,7 @@ def test_ci_http_errors_and_garbage_fail_with_a_hint() -> None:
     check = checks.ci_status(f"http://127.0.0.1:{port}/status", timeout=2)
     assert check.run_on_controller().message == (
         f"CI status API http://127.0.0.1:{port}/status: cannot reach "
-        f"http://127.0.0.1:{port}/status: Connection refused")
+        f"http://127.0.0.1:{port}/status: connection refused by 127.0.0.1:{port}")
 
 
 def test_ci_sha_defaults_to_the_repository_head(tmp_path: Path) -> None:

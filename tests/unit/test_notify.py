@@ -179,7 +179,8 @@ def test_a_down_receiver_is_reported_quickly() -> None:
     (result,) = notify.send([notify.webhook(f"http://127.0.0.1:{port}/x")], event("start"))
     assert time.monotonic() - started < 2
     assert not result.ok and result.status is None
-    assert result.message == f"cannot reach http://127.0.0.1:{port}/x: Connection refused"
+    assert result.message == (f"cannot reach http://127.0.0.1:{port}/x: "
+                              f"connection refused by 127.0.0.1:{port}")
 
 
 def test_a_slow_receiver_is_abandoned_at_the_total_timeout() -> None:
@@ -230,7 +231,8 @@ def test_a_down_secret_url_shows_only_scheme_and_host() -> None:
     port = closed_port()
     (result,) = notify.send([notify.slack(Secret(f"http://127.0.0.1:{port}{SLACK_PATH}"))],
                             event("rollback"))
-    assert result.message == f"cannot reach http://127.0.0.1:{port}/********: Connection refused"
+    assert result.message == (f"cannot reach http://127.0.0.1:{port}/********: "
+                              f"connection refused by 127.0.0.1:{port}")
 
 
 # -- configuration errors -------------------------------------------------------------------------
@@ -255,3 +257,98 @@ def test_unknown_events_and_timeouts_are_refused() -> None:
         DeployEvent("done", "id", "app")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="timeout must be positive"):
         Notifier([], timeout=0)
+
+
+# -- one HTTP client: no redirect, no proxy ----------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_answer_never_followed(status: int) -> None:
+    """urllib followed a 302 as a GET without the body; the checks' client does not follow."""
+    with Receiver() as target:
+        class Redirect(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Location", target.url("/moved"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = server.server_address[1]
+            (result,) = notify.send([notify.webhook(f"http://127.0.0.1:{port}/hook")], event())
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert not result.ok and result.status == status
+    assert result.message == f"HTTP {status}"
+    assert target.requests == []  # nothing reached the Location, as GET or otherwise
+
+
+def test_proxy_variables_are_not_used(receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+                                      ) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    (result,) = notify.send([notify.webhook(receiver.url("/direct"))], event())
+    assert result.ok, result.message
+    assert [r.path for r in receiver.requests] == ["/direct"]
+
+
+# -- apprise (deploykit[notify]) and failures before the deploy ------------------------------------
+
+
+def test_apprise_delivers_to_a_local_json_receiver(receiver: Receiver) -> None:
+    pytest.importorskip("apprise")
+    port = receiver.server.server_address[1]
+    target = notify.apprise_url(f"json://ops:pa55word@127.0.0.1:{port}/apprise")
+    (result,) = notify.send([target], event("failure", message="health gate failed"))
+    assert result.ok, result.message
+    assert (result.target, result.url) == ("json", "json://********")
+    (request,) = receiver.requests
+    assert request.method == "POST" and request.path == "/apprise"
+    body = request.json()
+    assert body["title"] == "shop v2: deploy 20261125T173000Z-abc1234 FAILED"
+    assert body["type"] == "failure"
+    assert "message: health gate failed" in body["message"]
+    assert "hosts: web-1, web-2" in body["message"]
+    assert "pa55word" not in repr(target) + repr(result)
+
+
+def test_apprise_refuses_an_url_it_does_not_know() -> None:
+    pytest.importorskip("apprise")
+    with pytest.raises(ConfigError, match=r"apprise does not understand the URL 'nope://\*"):
+        notify.apprise_url("nope://secret-token@somewhere")
+
+
+def test_without_apprise_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "apprise", None)
+    with pytest.raises(ConfigError, match=r"install deploykit\[notify\]"):
+        notify.apprise_url("json://127.0.0.1:9/x")
+
+
+def test_a_failed_preflight_notifies_every_target(receiver: Receiver) -> None:
+    pytest.importorskip("apprise")
+    port = receiver.server.server_address[1]
+    targets = [notify.webhook(receiver.url("/json")),
+               notify.apprise_url(f"json://127.0.0.1:{port}/apprise"),
+               notify.webhook(receiver.url("/starts-only"), events=["start"])]
+    results = notify.stage_failed(Notifier(targets), "pre-flight", deploy_id="d9", app="shop",
+                                  version="v3", message="db-1: disk full")
+    assert [(r.target, r.ok) for r in results] == [("webhook", True), ("json", True)]
+    by_path = {r.path: r.json() for r in receiver.requests}
+    assert set(by_path) == {"/json", "/apprise"}
+    assert by_path["/json"]["event"] == "failure"
+    assert by_path["/json"]["result"] == "pre-flight failed"
+    assert by_path["/json"]["message"] == "db-1: disk full"
+    assert "result: pre-flight failed" in by_path["/apprise"]["message"]
+    assert notify.stage_failed(None, "build", deploy_id="d9", app="shop", message="x") == []
