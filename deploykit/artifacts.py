@@ -1,10 +1,16 @@
 """Release artifacts: an app's code, migrations and wheels in one reproducible tarball.
 
-:func:`build` makes ``<app>-<version>.tar.gz`` on the controller from an app's
-source tree. Hosts may have no route to a package index, so the tarball
-carries every wheel the app needs (copied from a wheelhouse built on the
-controller by ``scripts/bootstrap.sh``), and a release is installed on the
-host with no network::
+:func:`build` makes ``<app>-<version>-<digest>.tar.gz`` on the controller from an app's
+source tree (a directory, or a git ref of a repository: :func:`export_git`). The
+digest is the SHA-256 of what goes in (:func:`source_digest`: every shipped file, the
+version, the build steps, the wheels), so a changed source never ships under an old
+tarball; :func:`ensure` reuses a tarball only when its digest matches. Hosts may have no
+route to a package index, so the tarball carries every wheel the app needs (from the
+shared wheelhouse, else fetched once from the app's own requirements into
+``.cache/wheels/<hash>/``: :mod:`deploykit.wheelhouse`). Build steps (``python manage.py
+collectstatic --noinput``) run on the controller in a copy of the source, with a venv of
+the app's requirements first on ``PATH``; what they write ships. A release is installed on
+the host with no network::
 
     python3 -m venv venv && venv/bin/pip install --no-index --find-links wheels -r requirements.txt
 
@@ -14,7 +20,9 @@ The source tree::
 
     requirements.txt         what the app needs (resolved against the wheelhouse)
     ...                      the code, copied as is
-    migrations/NNNN_name.up.sql, NNNN_name.down.sql
+    migrations/NNNN_name.up.sql, NNNN_name.down.sql    deploykit SQL migrations; a
+                             migrations/ holding anything else (alembic's env.py,
+                             Flask-Migrate) is app code and ships as it is
     versions/<version>.toml  optional: one small file per version; its
                              ``migrations = N`` ships migrations 0001..N only
 
@@ -34,32 +42,38 @@ the same SHA-256 (the release tasks use it to skip an upload).
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import fnmatch
 import gzip
 import hashlib
 import io
 import os
 import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypedDict, Unpack
 
 from deploykit.errors import ConfigError
 from deploykit.shell import quote
+from deploykit.wheelhouse import build_venv, default_wheelhouse, resolve_wheels, wheels_for
 
 __all__ = [
     "EPOCH",
     "Artifact",
+    "BuildOptions",
     "build",
     "check_members",
     "default_wheelhouse",
+    "ensure",
+    "export_git",
     "install_command",
     "resolve_wheels",
+    "source_digest",
     "unpack_migrations",
 ]
 
@@ -82,6 +96,9 @@ class Artifact:
     path: Path
     sha256: str
     size: int
+    #: :func:`source_digest`: what went in (its first 12 digits end the file name); not
+    #: part of equality (a tarball described by :meth:`from_file` does not know it)
+    digest: str = field(default="", compare=False)
 
     def unpack_migrations(self, dest: str | Path) -> Path:
         """See :func:`unpack_migrations`."""
@@ -183,60 +200,38 @@ def install_command(python: str = "python3") -> str:
             "--disable-pip-version-check --no-index --find-links wheels -r requirements.txt")
 
 
-def default_wheelhouse() -> Path:
-    """``$DEPLOYKIT_WHEELHOUSE``, else ``.cache/wheelhouse`` in the current directory
-    (where ``scripts/bootstrap.sh`` puts it)."""
-    return Path(os.environ.get("DEPLOYKIT_WHEELHOUSE", ".cache/wheelhouse"))
+def is_sql_migrations(folder: Path) -> bool:
+    """A top-level ``migrations/`` holding only ``*.sql`` files (and READMEs) is
+    deploykit's; one with anything else (alembic's ``env.py`` and ``versions/``, Django,
+    Flask-Migrate) is the app's own and ships as code."""
+    if not folder.is_dir():
+        return False
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")
+               and p.name not in SKIP_NAMES]
+    return any(p.suffix == ".sql" for p in entries) and \
+        all(p.is_file() and (p.suffix == ".sql" or p.name.upper().startswith("README"))
+            for p in entries)
 
 
-@functools.lru_cache(maxsize=32)
-def _resolve(requirements: str, wheelhouse: str, listing: tuple[tuple[str, int], ...],
-             python_version: str | None) -> tuple[str, ...]:
-    with tempfile.TemporaryDirectory(prefix="dk-wheels-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(requirements)
-        dest = Path(tmp) / "out"
-        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-index",
-                "--disable-pip-version-check", "--no-cache-dir", "--only-binary=:all:",
-                "--find-links", wheelhouse, "--dest", str(dest), "-r", str(req)]
-        if python_version:
-            argv += ["--python-version", python_version]
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
-        if proc.returncode != 0:
-            errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
-            raise ConfigError(
-                f"cannot collect the wheels of {requirements.strip()!r} from the wheelhouse "
-                f"{wheelhouse}: {' '.join(errors) or proc.stderr.strip()[-500:]}. Add the "
-                "package to the app's requirements.txt and refresh the wheelhouse with "
-                "`bash scripts/bootstrap.sh setup`")
-        return tuple(sorted(p.name for p in dest.iterdir()))
+def _excluded(rel: PurePosixPath, exclude: Sequence[str]) -> bool:
+    text = rel.as_posix()
+    return any(fnmatch.fnmatch(text, pattern) or text.startswith(pattern.rstrip("/") + "/")
+               for pattern in exclude)
 
 
-def resolve_wheels(requirements: Path, wheelhouse: Path,
-                   python_version: str | None = None) -> list[Path]:
-    """The wheelhouse files a requirements file needs, dependencies included.
-
-    Resolved by ``pip download --no-index`` against the wheelhouse only (no
-    network), for this interpreter or ``python_version`` (``"3.11"``); cached
-    per process while the requirements and the wheelhouse are unchanged.
-    """
-    if not wheelhouse.is_dir():
-        raise ConfigError(f"wheelhouse {wheelhouse} does not exist; build it with "
-                          "`bash scripts/bootstrap.sh setup`")
-    listing = tuple(sorted((p.name, p.stat().st_size) for p in wheelhouse.glob("*.whl")))
-    names = _resolve(requirements.read_text(), str(wheelhouse.resolve()), listing,
-                     python_version)
-    return [wheelhouse / name for name in names]
-
-
-def _source_files(source: Path) -> Iterator[Path]:
-    """Every file of the source tree that ships, skipping caches, venvs and secrets."""
+def _source_files(source: Path, exclude: Sequence[str] = ()) -> Iterator[Path]:
+    """Every file of the source tree that ships, skipping caches, venvs, secrets, the
+    directories the builder fills itself and the ``exclude`` patterns (``v2``,
+    ``docs/*.md``: a path prefix or a glob on the relative path)."""
+    own = set(OWN_DIRS)
+    if not is_sql_migrations(source / "migrations"):
+        own.discard("migrations")
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
         if any(part in SKIP_NAMES for part in rel.parts) or path.name.endswith(SKIP_SUFFIXES):
             continue
-        if rel.parts[0] in OWN_DIRS or not path.is_file():
+        if rel.parts[0] in own or not path.is_file() or \
+                _excluded(PurePosixPath(rel.as_posix()), exclude):
             continue
         yield path
 
@@ -259,7 +254,7 @@ def _version_spec(source: Path, version: str) -> tuple[dict[str, object], bytes 
 
 def _migrations(source: Path, upto: object) -> list[Path]:
     folder = source / "migrations"
-    if not folder.is_dir():
+    if not is_sql_migrations(folder):
         return []
     if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
         raise ConfigError(f"migrations = {upto!r} in the version file: give a number")
@@ -316,46 +311,43 @@ cd "$(dirname "$0")"
 """
 
 
-def build(
-    source: str | Path,
-    *,
-    app: str,
-    version: str,
-    out_dir: str | Path,
-    wheelhouse: str | Path | None = None,
-    python_version: str | None = None,
-) -> Artifact:
-    """Build ``<out_dir>/<app>-<version>.tar.gz`` from the app's source tree.
+def export_git(repo: str | Path, ref: str, dest: str | Path) -> str:
+    """Write the tree of ``ref`` (a tag, branch or commit) of the git repository ``repo``
+    into ``dest`` (``git archive``: tracked files only, no ``.git``); return the commit."""
+    if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
+        raise ConfigError(f"build.git_ref: {ref!r} is not a git ref")
+    where = Path(repo)
+    commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--verify", "--quiet",
+                             f"{ref}^{{commit}}"], capture_output=True, text=True, check=False)
+    if commit.returncode != 0:
+        raise ConfigError(f"build.git_ref: {ref!r} is not a commit of the git repository "
+                          f"{where}")
+    sha = commit.stdout.strip()
+    archive = subprocess.run(["git", "-C", str(where), "archive", "--format=tar", sha],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise ConfigError(f"git archive {ref} in {where} failed: "
+                          f"{archive.stderr.decode(errors='replace').strip()[-300:]}")
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout), mode="r:") as tar:
+        for member in tar.getmembers():  # git's own archive, still: nothing outside dest
+            parts = PurePosixPath(member.name).parts
+            link = PurePosixPath(member.linkname) if member.issym() else PurePosixPath()
+            if member.name.startswith("/") or ".." in parts or link.is_absolute() or \
+                    ".." in link.parts or not (member.isfile() or member.isdir()
+                                               or member.issym()):
+                raise ConfigError(f"git archive {ref}: refusing member {member.name!r}")
+        tar.extractall(out)  # checked above (Python 3.11.2 has no filter=)
+    return sha
 
-    Args:
-        source: the app's source directory (``examples/app``); must hold
-            ``requirements.txt``.
-        app: the app's name (``sampleapp``): the tarball's and, on hosts,
-            ``/srv/<app>``'s name.
-        version: the version to ship (``v2``); with a ``versions/`` directory in
-            the source, ``versions/<version>.toml`` must exist.
-        out_dir: where to write the tarball (created if needed); an older
-            tarball of the same name is replaced atomically.
-        wheelhouse: the directory of wheels to copy from (default
-            :func:`default_wheelhouse`).
-        python_version: resolve wheels for this Python (``"3.11"``) instead of
-            the controller's own (hosts run their ``python3``).
 
-    Returns the :class:`Artifact` (path, SHA-256, size). Raises
-    :class:`ConfigError` naming what is missing: the source, a version file,
-    a wheel the wheelhouse lacks.
-    """
-    src = Path(source)
-    check_name("app", app)
-    check_name("version", version)
-    requirements = src / "requirements.txt"
-    if not requirements.is_file():
-        raise ConfigError(f"{src}: no requirements.txt (an app source tree needs one)")
+def _entries(src: Path, version: str, exclude: Sequence[str]
+             ) -> tuple[dict[str, tuple[bytes, bool]], dict[str, object]]:
+    """The tarball's entries from the source (no wheels yet) and the version spec."""
     spec, spec_bytes = _version_spec(src, version)
-    wheels = resolve_wheels(requirements, Path(wheelhouse) if wheelhouse is not None
-                            else default_wheelhouse(), python_version)
     entries: dict[str, tuple[bytes, bool]] = {}
-    for path in _source_files(src):
+    for path in _source_files(src, exclude):
         entries[path.relative_to(src).as_posix()] = (path.read_bytes(),
                                                      os.access(path, os.X_OK))
     entries["VERSION"] = (f"{version}\n".encode(), False)
@@ -364,7 +356,149 @@ def build(
         entries["release.toml"] = (spec_bytes, False)
     for path in _migrations(src, spec.get("migrations")):
         entries[f"migrations/{path.name}"] = (path.read_bytes(), False)
+    return entries, spec
+
+
+def _digest(entries: dict[str, tuple[bytes, bool]], wheels: Sequence[Path],
+            steps: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(entries):
+        data, executable = entries[name]
+        h.update(f"{name}\0{int(executable)}\0{len(data)}\0".encode())
+        h.update(hashlib.sha256(data).digest())
     for wheel in wheels:
+        h.update(f"wheel\0{wheel.name}\0{wheel.stat().st_size}\0".encode())
+    for step in steps:
+        h.update(f"step\0{step}\0".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    src: Path
+    requirements: Path
+    entries: dict[str, tuple[bytes, bool]]
+    wheels: list[Path]
+    digest: str
+
+
+def _inputs(src: Path, *, app: str, version: str, wheelhouse: str | Path | None,
+            python_version: str | None, exclude: Sequence[str], steps: Sequence[str],
+            fetch: bool) -> _Inputs:
+    check_name("app", app)
+    check_name("version", version)
+    requirements = src / "requirements.txt"
+    if not requirements.is_file():
+        raise ConfigError(f"{src}: no requirements.txt (an app source tree needs one)")
+    entries, _ = _entries(src, version, exclude)
+    wheels = wheels_for(requirements, wheelhouse=Path(wheelhouse) if wheelhouse is not None
+                        else None, python_version=python_version, fetch=fetch)
+    return _Inputs(src, requirements, entries, wheels, _digest(entries, wheels, steps))
+
+
+@contextlib.contextmanager
+def _source(source: str | Path, git_ref: str | None) -> Iterator[Path]:
+    """The source directory: ``source`` itself, or ``git_ref`` of it exported."""
+    if git_ref is None:
+        yield Path(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="dk-git-") as tmp:
+        export_git(source, git_ref, tmp)
+        yield Path(tmp)
+
+
+def source_digest(source: str | Path, *, app: str, version: str,
+                  **options: Unpack[BuildOptions]) -> str:
+    """The SHA-256 of what a build of ``source`` puts in: every shipped file (path, mode,
+    bytes), the version, the wheels (names and sizes) and the build steps. Options as for
+    :func:`build`."""
+    with _source(source, options.get("git_ref")) as src:
+        return _inputs(src, app=app, version=version, wheelhouse=options.get("wheelhouse"),
+                       python_version=options.get("python_version"),
+                       exclude=options.get("exclude", ()), steps=options.get("steps", ()),
+                       fetch=options.get("fetch", True)).digest
+
+
+def _run_steps(inputs: _Inputs, steps: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+    """Run the build steps in a copy of the shipped files; the entries they leave."""
+    if not steps:
+        return inputs.entries
+    venv = build_venv(inputs.requirements, inputs.wheels)
+    with tempfile.TemporaryDirectory(prefix="dk-build-") as tmp:
+        work = Path(tmp)
+        for name, (data, executable) in inputs.entries.items():
+            target = work / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o755 if executable else 0o644)
+        env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
+               "VIRTUAL_ENV": str(venv)}
+        for step in steps:
+            proc = subprocess.run(step, shell=True, cwd=work, env=env, capture_output=True,
+                                  text=True, check=False)
+            if proc.returncode != 0:
+                raise ConfigError(f"build step {step!r} of {inputs.src} failed with code "
+                                  f"{proc.returncode}: "
+                                  f"{(proc.stderr or proc.stdout).strip()[-800:]}")
+        out: dict[str, tuple[bytes, bool]] = {}
+        for path in _source_files(work):
+            out[path.relative_to(work).as_posix()] = (path.read_bytes(),
+                                                      os.access(path, os.X_OK))
+        for name in ("VERSION", "install.sh", "release.toml"):
+            if name in inputs.entries:
+                out[name] = inputs.entries[name]
+        out.update({n: e for n, e in inputs.entries.items() if n.startswith("migrations/")})
+        return out
+
+
+def _tarball_name(app: str, version: str, digest: str) -> str:
+    return f"{app}-{version}-{digest[:12]}.tar.gz"
+
+
+def build(
+    source: str | Path,
+    *,
+    app: str,
+    version: str,
+    out_dir: str | Path,
+    wheelhouse: str | Path | None = None,
+    python_version: str | None = None,
+    exclude: Sequence[str] = (),
+    steps: Sequence[str] = (),
+    git_ref: str | None = None,
+    fetch: bool = True,
+) -> Artifact:
+    """Build ``<out_dir>/<app>-<version>-<digest12>.tar.gz`` from the app's source.
+
+    Args:
+        source: the app's source directory (``examples/app``), or with ``git_ref`` a
+            git repository; must hold ``requirements.txt``.
+        app: the app's name (``sampleapp``): the tarball's and, on hosts,
+            ``/srv/<app>``'s name.
+        version: the version label to ship (``v2``); with a ``versions/`` directory in
+            the source, ``versions/<version>.toml`` must exist.
+        out_dir: where to write the tarball (created if needed).
+        wheelhouse: the shared wheelhouse (default :func:`default_wheelhouse`); wheels it
+            lacks come from the app's own cache (:func:`deploykit.wheelhouse.wheels_for`).
+        python_version: resolve wheels for this Python (``"3.11"``) instead of
+            the controller's own (hosts run their ``python3``).
+        exclude: paths or globs of the source not to ship (``v2``, ``docs``).
+        steps: shell commands run on the controller in a copy of the source, with the
+            app's requirements installed in a venv first on ``PATH``
+            (``python manage.py collectstatic --noinput``); what they write ships.
+        git_ref: build the tree of this tag or commit of the repository ``source``.
+        fetch: download missing wheels into the app's cache (default) or fail.
+
+    Returns the :class:`Artifact` (path, SHA-256, size, source digest). Raises
+    :class:`ConfigError` naming what is missing: the source, a version file,
+    a wheel (with the app's requirements file), a failed build step.
+    """
+    with _source(source, git_ref) as src:
+        inputs = _inputs(src, app=app, version=version, wheelhouse=wheelhouse,
+                         python_version=python_version, exclude=exclude, steps=steps,
+                         fetch=fetch)
+        entries = dict(_run_steps(inputs, steps))
+    for wheel in inputs.wheels:
         entries[f"wheels/{wheel.name}"] = (wheel.read_bytes(), False)
     tar = _Tar()
     for name in sorted(entries):
@@ -373,11 +507,36 @@ def build(
     payload = tar.gzipped()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{app}-{version}.tar.gz"
+    target = out / _tarball_name(app, version, inputs.digest)
     tmp = out / f".{target.name}.tmp"
     tmp.write_bytes(payload)
     os.replace(tmp, target)
-    return Artifact(app, version, target, hashlib.sha256(payload).hexdigest(), len(payload))
+    return Artifact(app, version, target, hashlib.sha256(payload).hexdigest(), len(payload),
+                    inputs.digest)
+
+
+class BuildOptions(TypedDict, total=False):
+    """:func:`build`'s options after the source, app, version and out_dir."""
+
+    wheelhouse: str | Path | None
+    python_version: str | None
+    exclude: Sequence[str]
+    steps: Sequence[str]
+    git_ref: str | None
+    fetch: bool
+
+
+def ensure(source: str | Path, *, app: str, version: str, out_dir: str | Path,
+           **options: Unpack[BuildOptions]) -> Artifact:
+    """The artifact of ``source`` as it is now: the tarball already built from the same
+    inputs (same :func:`source_digest`: reused, its members checked), else a new build.
+    Options as for :func:`build`."""
+    digest = source_digest(source, app=app, version=version, **options)
+    path = Path(out_dir) / _tarball_name(app, version, digest)
+    if path.is_file():
+        found = Artifact.from_file(path, app=app, version=version)
+        return Artifact(app, version, path, found.sha256, found.size, digest)
+    return build(source, app=app, version=version, out_dir=out_dir, **options)
 
 
 def unpack_migrations(artifact: Artifact, dest: str | Path) -> Path:

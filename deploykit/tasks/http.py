@@ -38,6 +38,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -55,12 +56,14 @@ from deploykit.task import Facts, Observation, UndoStack
 from deploykit.tunnel import Tunnel
 
 __all__ = [
+    "PRESENT",
     "HttpCheckError",
     "HttpTask",
     "MeasureTask",
     "Measurement",
     "Response",
     "WaitForTask",
+    "checker",
     "expect_version",
     "expect_version_task",
     "fill_url",
@@ -83,6 +86,16 @@ USER_AGENT = "deploykit-http-check"
 
 StatusSpec = int | Collection[int]
 _MISSING = object()
+
+
+class _Present:
+    """``json_expect={"a.b": PRESENT}``: the field must exist, any value."""
+
+    def __repr__(self) -> str:
+        return "PRESENT"
+
+
+PRESENT: Any = _Present()
 
 
 # -- one request --------------------------------------------------------------------------
@@ -242,14 +255,17 @@ def _json_mismatch(response: Response, expect: Mapping[str, Any]) -> str | None:
             got = json_path(data, path)
         except KeyError as exc:
             return f"JSON {path}: missing (no {exc.args[0]!r})"
-        if got != wanted:
+        if wanted is not PRESENT and got != wanted:
             return f"JSON {path}: expected {wanted!r}, got {got!r}"
     return None
 
 
-def _checker(status: StatusSpec, json_expect: Mapping[str, Any] | None,
-             contains: str | None) -> Callable[[Response], str | None]:
-    """A function saying why a response is not the expected one (None: it is)."""
+def checker(status: StatusSpec, json_expect: Mapping[str, Any] | None,
+             contains: str | None, pattern: re.Pattern[str] | None = None
+             ) -> Callable[[Response], str | None]:
+    """A function saying why a response is not the expected one (None: it is): status in
+    ``status``, every ``json_expect`` path equal to its value (:data:`PRESENT`: there at
+    all), ``contains`` in the body, ``pattern`` found in the body."""
     wanted = _statuses(status)
     expect = dict(json_expect or {})
     for path in expect:
@@ -268,9 +284,14 @@ def _checker(status: StatusSpec, json_expect: Mapping[str, Any] | None,
                 return reason
         if contains is not None and contains not in response.text:
             return f"body does not contain {contains!r}"
+        if pattern is not None and pattern.search(response.text) is None:
+            return f"body does not match {pattern.pattern!r}"
         return None
 
     return mismatch
+
+
+_checker = checker  # the name older callers use
 
 
 def _poll(url: str, mismatch: Callable[[Response], str | None], *, retries: int,

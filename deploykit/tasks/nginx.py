@@ -97,6 +97,8 @@ __all__ = [
     "NginxSettings",
     "Server",
     "SiteTask",
+    "StaticLocation",
+    "Tls",
     "UpstreamLine",
     "UpstreamTask",
     "active_color",
@@ -104,6 +106,8 @@ __all__ = [
     "check_address",
     "check_app",
     "check_color",
+    "check_path",
+    "check_server_name",
     "drain",
     "maintenance_include",
     "nginx_message",
@@ -141,7 +145,17 @@ _UNIX = re.compile(r"unix:/[^\s;{}#'\"\\]*\Z")
 # nginx parameters and directives given by the caller: one line, no block or statement
 # delimiters, no comment, no quotes (nothing that could end or escape what we render)
 _RAW = re.compile(r"[^\s;{}#'\"\\]+( [^\s;{}#'\"\\]+)*\Z")
-_SERVER_NAME = re.compile(r"[A-Za-z0-9*~^_.$()\[\]\\|?+:-]+\Z")
+# a server name: a host name (labels of letters, digits and inner '-'), optionally with
+# nginx's leading "*." / "." or trailing ".*" wildcard; an IPv6 literal; or "_"
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_SERVER_NAME = re.compile(rf"(?:\*\.|\.)?{_LABEL}(?:\.{_LABEL})*(?:\.\*)?\Z")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]\Z")
+# a file system path written into the configuration (alias, certificate): absolute,
+# plain characters only, no '..' or '.' component
+_PATH = re.compile(r"(/[A-Za-z0-9_@+=,-][A-Za-z0-9._@+=,-]*)+/?\Z")
+# a location prefix: /static/, /media/
+_URL_PREFIX = re.compile(r"/([A-Za-z0-9_~-][A-Za-z0-9._~-]*/)*\Z")
+_EXPIRES = re.compile(r"(\d+(ms|s|m|h|d|w|M|y)?|max|off|epoch)\Z")
 
 
 # -- settings and values -------------------------------------------------------------------
@@ -274,6 +288,82 @@ def check_color(color: str) -> str:
         raise ConfigError(f"colour {color!r}: 1-32 lowercase letters, digits, '_' or '-', "
                           "starting with a letter")
     return color
+
+
+def check_server_name(name: object, where: str = "nginx") -> str:
+    """A server name nginx may be given: ``shop.example.com``, ``*.example.com``,
+    ``.example.com``, ``www.example.*``, an IP address, ``[::1]`` or ``_`` (catch-all).
+    Anything else (regular expressions, variables, spaces, ``;``, quotes, braces,
+    newlines) is a :class:`ConfigError` naming ``where``, before anything is prepared."""
+    if not isinstance(name, str) or len(name) > 253 or not (
+            name == "_" or _SERVER_NAME.match(name) or _IPV6.match(name)):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else \
+            repr(name[:80] + "...")
+        raise ConfigError(f"{where}: invalid server_name {shown}: use host names "
+                          f"(shop.example.com, *.example.com), an IP address or _")
+    return name
+
+
+def check_path(path: object, where: str) -> str:
+    """An absolute path written into the configuration: plain characters only (letters,
+    digits, ``._@+=,-``), no ``.``/``..`` component, else :class:`ConfigError`."""
+    if not isinstance(path, str) or not _PATH.match(path) or "/./" in path + "/" or \
+            any(part in (".", "..") for part in path.split("/")):
+        raise ConfigError(f"{where}: {path!r} must be an absolute path of letters, digits "
+                          f"and ._@+=,- (no '..')")
+    return path
+
+
+@dataclass(frozen=True)
+class StaticLocation:
+    """``location <url>`` served by nginx from ``directory`` on the host (``alias``):
+    static files of the release (``/srv/shop/current/staticfiles/``) or a shared path
+    (``/srv/shop/shared/media/``). ``expires``: ``7d``, ``max``, ``off`` (None: no
+    header)."""
+
+    url: str
+    directory: str
+    expires: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not _URL_PREFIX.match(self.url) or \
+                self.url == "/":
+            raise ConfigError(f"nginx location {self.url!r}: a path prefix such as "
+                              f"/static/ (starting and ending with '/', not '/' itself)")
+        check_path(self.directory, f"nginx location {self.url}: directory")
+        if not self.directory.endswith("/"):
+            object.__setattr__(self, "directory", self.directory + "/")
+        if self.expires is not None and (not isinstance(self.expires, str)
+                                         or not _EXPIRES.match(self.expires)):
+            raise ConfigError(f"nginx location {self.url}: expires {self.expires!r} is not "
+                              f"an nginx time (7d, 1h), max, off or epoch")
+
+    def render(self) -> str:
+        """The ``location`` block, indented for a ``server`` block."""
+        body = [f"alias {self.directory}", "access_log off"]
+        if self.expires is not None:
+            body.append(f"expires {self.expires}")
+        return (f"    location {self.url} {{\n" + "".join(f"        {d};\n" for d in body)
+                + "    }\n\n")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS for the site: ``listen <port> ssl`` with ``certificate`` and ``key`` (paths on
+    the host, readable by nginx). ``redirect_http``: the plain ``listen`` ports answer
+    ``301`` to ``https://`` instead of serving the app."""
+
+    certificate: str
+    key: str
+    port: int = 443
+    redirect_http: bool = False
+
+    def __post_init__(self) -> None:
+        check_path(self.certificate, "nginx.tls.certificate")
+        check_path(self.key, "nginx.tls.key")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or \
+                not 1 <= self.port <= 65535:
+            raise ConfigError(f"nginx.tls.port: {self.port!r} is not a port number")
 
 
 def check_address(address: str) -> str:
@@ -420,14 +510,32 @@ def set_down(text: str, app: str, address: str, down: bool) -> str:
 def render_site(app: str, server_names: Sequence[str], *, listen: Sequence[str],
                 upstream: str, next_upstream: str, next_upstream_tries: int,
                 connect_timeout: str, read_timeout: str,
-                directives: Sequence[str] = (), include: str | None = None) -> str:
+                directives: Sequence[str] = (), include: str | None = None,
+                locations: Sequence[StaticLocation] = (), tls: Tls | None = None) -> str:
     """The text of ``app``'s site: a ``server`` block proxying ``/`` to ``upstream``;
-    ``include`` (a glob) is included at server level first (the maintenance seam)."""
-    out = [HEADER.format(what="nginx.site", app=app), "server {\n"]
+    ``include`` (a glob) is included at server level first (the maintenance seam);
+    ``locations`` are served from directories; ``tls`` adds ``listen <port> ssl`` (and,
+    with ``redirect_http``, a plain server answering 301 to https)."""
+    out = [HEADER.format(what="nginx.site", app=app)]
+    names = " ".join(server_names)
+    if tls is not None and tls.redirect_http and listen:
+        out.append("server {\n" + "".join(f"    listen {x};\n" for x in listen)
+                   + f"    server_name {names};\n"
+                   + f"    return 301 https://$host{'' if tls.port == 443 else f':{tls.port}'}"
+                   + "$request_uri;\n}\n\n")
+        listen = ()
+    out.append("server {\n")
     out += [f"    listen {x};\n" for x in listen]
-    out.append(f"    server_name {' '.join(server_names)};\n\n")
+    if tls is not None:
+        out.append(f"    listen {tls.port} ssl;\n")
+    out.append(f"    server_name {names};\n\n")
+    if tls is not None:
+        out.append(f"    ssl_certificate {tls.certificate};\n"
+                   f"    ssl_certificate_key {tls.key};\n"
+                   "    ssl_protocols TLSv1.2 TLSv1.3;\n\n")
     if include is not None:
         out.append(f"    include {include};\n\n")
+    out += [location.render() for location in locations]
     out.append("    location / {\n")
     body = [
         f"proxy_pass http://{upstream}",
@@ -1102,7 +1210,8 @@ def site(app: str, server_name: str | Sequence[str], *,
          disable_default: bool = False,
          next_upstream: str = "error timeout", next_upstream_tries: int = 2,
          connect_timeout: str = "2s", read_timeout: str = "60s",
-         directives: Sequence[str] = (), settings: NginxSettings | None = None,
+         directives: Sequence[str] = (), locations: Sequence[StaticLocation] = (),
+         tls: Tls | None = None, settings: NginxSettings | None = None,
          reload: bool = True, name: str | None = None) -> SiteTask:
     """Ensure ``app``'s site exists, is enabled, and proxies every request to its upstream.
 
@@ -1126,6 +1235,11 @@ def site(app: str, server_name: str | Sequence[str], *,
         connect_timeout, read_timeout: ``proxy_connect_timeout``/``proxy_read_timeout``.
         directives: extra directives in ``location /``, without ``;``
             (``"client_max_body_size 10m"``).
+        locations: :class:`StaticLocation` prefixes nginx serves from a directory
+            (``/static/`` from the release, ``/media/`` from a shared path), before
+            ``location /``; URLs must be distinct.
+        tls: a :class:`Tls`: ``listen 443 ssl`` with its certificate and key (and
+            optionally plain HTTP redirected to https).
         settings, reload: as for :func:`upstream`.
         name: the step's name in reports (default ``nginx.site <app>``).
 
@@ -1140,9 +1254,13 @@ def site(app: str, server_name: str | Sequence[str], *,
     """
     check_app(app)
     names = [server_name] if isinstance(server_name, str) else list(server_name)
-    if not names or any(not isinstance(n, str) or not _SERVER_NAME.match(n) or n.endswith("\\")
-                        for n in names):
-        raise ConfigError(f"site of {app}: invalid server_name {server_name!r}")
+    if not names:
+        raise ConfigError(f"site of {app}: invalid server_name {server_name!r}: give one")
+    for n in names:
+        check_server_name(n, f"site of {app}")
+    urls = [loc.url for loc in locations]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"site of {app}: a location URL appears twice in {urls}")
     listens = [listen] if isinstance(listen, int | str) else list(listen)
     checked: list[str] = []
     for item in listens:
@@ -1166,7 +1284,8 @@ def site(app: str, server_name: str | Sequence[str], *,
                        next_upstream_tries=next_upstream_tries, connect_timeout=connect_timeout,
                        read_timeout=read_timeout,
                        directives=_check_directives(directives, f"site of {app}"),
-                       include=maintenance_include(app, settings))
+                       include=maintenance_include(app, settings), locations=locations,
+                       tls=tls)
     return SiteTask(app, text, disable_default=disable_default, settings=settings,
                     reload=reload, name=name)
 

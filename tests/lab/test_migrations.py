@@ -330,7 +330,7 @@ def test_two_concurrent_runs_apply_each_migration_exactly_once(
 
 def test_a_held_lock_fails_the_run_after_lock_timeout_naming_the_holder(
         conn: Connection, admin: Connection, database: str, query: Query) -> None:
-    key = migrations._lock_key("schema_migrations")
+    key = migrations.sql._lock_key("schema_migrations")
     with pg.connect(admin, database) as holder:
         pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["deploykit/pg.py", "deploykit/tasks/postgres.py", "deploykit/tasks/migrations.py",
+MODULES = ["deploykit/pg.py", "deploykit/tasks/postgres.py", "deploykit/tasks/migrations/sql.py",
+           "deploykit/tasks/migrations/tools.py",
            "deploykit/journal.py", "deploykit/invoke.py", "deploykit/strategies/bluegreen.py"]
 SQL = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|GRANT|REVOKE|COMMENT|"
                  r"TRUNCATE|VACUUM|ANALYZE|LOCK|COPY|WITH)\b|\b(FROM|INTO|TABLE|DATABASE|ROLE)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tomllib
@@ -33,9 +34,22 @@ def wheelhouse(project_root: Path) -> Path:
     return project_root / ".cache" / "wheelhouse"
 
 
-def build(source: Path, wheelhouse: Path, out: Path, version: str = "v1") -> Artifact:
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Per-test wheel and build-venv cache (never the shared .cache)."""
+    monkeypatch.setenv("DEPLOYKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def build(source: Path, wheelhouse: Path, out: Path, version: str = "v1",
+          **options: object) -> Artifact:
+    """A build that never downloads: wheels from the wheelhouse only."""
+    options.setdefault("fetch", False)
     return artifacts.build(source, app="sampleapp", version=version, out_dir=out,
-                           wheelhouse=wheelhouse)
+                           wheelhouse=wheelhouse, **options)  # type: ignore[arg-type]
+
+
+NAME = r"sampleapp-{}-[0-9a-f]{{12}}\.tar\.gz"
 
 
 def members(artifact: Artifact) -> dict[str, tarfile.TarInfo]:
@@ -58,7 +72,7 @@ def test_the_same_sources_always_give_the_same_bytes(source: Path, wheelhouse: P
     for path in copy.rglob("*"):  # new mtimes, as after a fresh checkout
         os.utime(path, (1_700_000_000, 1_700_000_000))
     second = build(copy, wheelhouse, tmp_path / "b")
-    assert first.path.name == second.path.name == "sampleapp-v1.tar.gz"
+    assert first.path.name == second.path.name == f"sampleapp-v1-{first.digest[:12]}.tar.gz"
     assert first.sha256 == second.sha256
     assert first.path.read_bytes() == second.path.read_bytes()
     assert first.sha256 == hashlib.sha256(first.path.read_bytes()).hexdigest()
@@ -119,7 +133,7 @@ def test_v2_adds_migration_0002_and_its_features(source: Path, wheelhouse: Path,
 def test_faulty_versions_say_their_fault(source: Path, wheelhouse: Path, tmp_path: Path,
                                          version: str, fault: str) -> None:
     artifact = build(source, wheelhouse, tmp_path, version)
-    assert artifact.path.name == f"sampleapp-{version}.tar.gz"
+    assert re.fullmatch(NAME.format(version), artifact.path.name)
     assert tomllib.loads(read(artifact, "release.toml").decode())["fault"] == fault
 
 
@@ -167,9 +181,12 @@ def test_a_wheel_missing_from_the_wheelhouse_is_a_clear_error(source: Path, whee
     with pytest.raises(ConfigError) as err:
         build(copy, wheelhouse, tmp_path / "out")
     message = err.value.message
-    assert f"from the wheelhouse {wheelhouse.resolve()}" in message
-    assert "not-in-the-wheelhouse" in message
-    assert "bash scripts/bootstrap.sh setup" in message
+    # the app's own requirements file is named, and how to fetch its wheels; not
+    # deploykit's bootstrap script
+    assert f"the app's requirements file {copy / 'requirements.txt'}" in message
+    assert f"from {wheelhouse}" in message and "not-in-the-wheelhouse" in message
+    assert "pip download --only-binary=:all: -d" in message
+    assert "bootstrap" not in message
 
 
 def test_a_missing_wheelhouse_or_requirements_file_is_named(source: Path, tmp_path: Path,
@@ -218,3 +235,99 @@ def test_migrations_unpack_for_the_migrations_task(source: Path, wheelhouse: Pat
         "0002_add_item_note.down.sql", "0002_add_item_note.up.sql"]
     assert (v2 / "0002_add_item_note.up.sql").read_bytes() == (
         source / "migrations" / "0002_add_item_note.up.sql").read_bytes()
+
+
+def test_a_top_level_migrations_folder_of_alembic_ships_as_app_code(
+        project_root: Path, wheelhouse: Path, tmp_path: Path) -> None:
+    source = project_root / "examples" / "datasette"
+    artifact = artifacts.build(source, app="dkdatasette", version="v1", out_dir=tmp_path,
+                               wheelhouse=wheelhouse, exclude=("v2",))
+    names = set(members(artifact))
+    assert {"migrations/env.py", "migrations/versions/a1b2c3d40001_create_notes.py",
+            "alembic.ini"} <= names
+    assert not any(n.startswith("v2/") for n in names)
+
+
+def test_a_changed_source_ships_under_the_same_version_label(source: Path, wheelhouse: Path,
+                                                             tmp_path: Path) -> None:
+    copy = tmp_path / "src"
+    shutil.copytree(source, copy)
+    out = tmp_path / "dist"
+    first = artifacts.ensure(copy, app="sampleapp", version="v1", out_dir=out,
+                             wheelhouse=wheelhouse, fetch=False)
+    again = artifacts.ensure(copy, app="sampleapp", version="v1", out_dir=out,
+                             wheelhouse=wheelhouse, fetch=False)
+    assert again == first and again.digest == first.digest  # reused: same inputs
+    (copy / "sampleapp" / "web.py").write_text("# fixed\n")
+    fixed = artifacts.ensure(copy, app="sampleapp", version="v1", out_dir=out,
+                             wheelhouse=wheelhouse, fetch=False)
+    assert fixed.path != first.path and fixed.sha256 != first.sha256
+    assert read(fixed, "sampleapp/web.py") == b"# fixed\n"
+    assert read(first, "sampleapp/web.py") != b"# fixed\n"
+
+
+def test_a_git_ref_builds_that_commits_tree(source: Path, wheelhouse: Path,
+                                            tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    shutil.copytree(source, repo)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "v1")
+    git("tag", "v1")
+    (repo / "sampleapp" / "web.py").write_text("# v2\n")
+    (repo / "untracked.txt").write_text("never shipped from a ref\n")
+    git("commit", "-qam", "v2")
+    tagged = build(repo, wheelhouse, tmp_path / "a", git_ref="v1")
+    head = build(repo, wheelhouse, tmp_path / "b", git_ref="HEAD")
+    assert read(tagged, "sampleapp/web.py") == (source / "sampleapp" / "web.py").read_bytes()
+    assert read(head, "sampleapp/web.py") == b"# v2\n"
+    assert "untracked.txt" not in members(head) and ".git" not in members(head)
+    with pytest.raises(ConfigError, match=r"build.git_ref: 'nope' is not a commit of the git"):
+        build(repo, wheelhouse, tmp_path / "c", git_ref="nope")
+    with pytest.raises(ConfigError, match=r"'--upload-pack=x' is not a git ref"):
+        build(repo, wheelhouse, tmp_path / "c", git_ref="--upload-pack=x")
+
+
+def test_missing_wheels_are_fetched_once_into_the_apps_cache_by_requirements_hash(
+        project_root: Path, wheelhouse: Path, tmp_path: Path, own_cache: Path) -> None:
+    from deploykit import wheelhouse as wh
+
+    source = project_root / "examples" / "django"
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    local_index = ("--no-index", "--find-links", str(wheelhouse))  # the test's "index"
+    requirements = source / "requirements.txt"
+    wheels = wh.wheels_for(requirements, wheelhouse=empty, index_args=local_index)
+    key = wh.requirements_key(requirements)
+    assert {w.parent for w in wheels} == {own_cache / "wheels" / key}
+    assert any(w.name.startswith("django-5.2") for w in wheels)
+    stamp = (own_cache / "wheels" / key / ".complete").stat().st_mtime_ns
+    again = wh.wheels_for(requirements, wheelhouse=empty, index_args=("--index-url",
+                                                                      "http://127.0.0.1:9/"))
+    assert again == wheels  # cached: the unreachable index was never asked
+    assert (own_cache / "wheels" / key / ".complete").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match=r"the app's requirements file .*django/requirements"):
+        wh.wheels_for(requirements, wheelhouse=empty, fetch=False,
+                      python_version="3.12")
+
+
+def test_build_steps_run_on_the_controller_and_what_they_write_ships(
+        project_root: Path, wheelhouse: Path, tmp_path: Path) -> None:
+    source = project_root / "examples" / "django"
+    artifact = artifacts.build(source, app="dkdjango", version="v1", out_dir=tmp_path,
+                               wheelhouse=wheelhouse, exclude=("v2",), fetch=False,
+                               steps=("python manage.py collectstatic --noinput",))
+    names = set(members(artifact))
+    assert "staticfiles/notes/site.css" in names
+    assert "staticfiles/admin/css/base.css" in names  # Django's own, from the build venv
+    assert not (source / "staticfiles").exists()  # the source tree is never written
+    with pytest.raises(ConfigError, match=r"build step 'false' of .* failed with code 1"):
+        artifacts.build(source, app="dkdjango", version="v1", out_dir=tmp_path,
+                        wheelhouse=wheelhouse, exclude=("v2",), fetch=False, steps=("false",))

@@ -26,6 +26,14 @@ from deploykit.inventory import Host
 from deploykit.result import Status
 from deploykit.tasks import http
 
+DATASETTE_VERSIONS = {
+    "python": {"version": "3.11.2", "full": "3.11.2 (main) [GCC 12.2.0]"},
+    "datasette": {"version": "0.65.5"},
+    "asgi": "3.0", "uvicorn": "0.55.0",
+    "sqlite": {"version": "3.40.1", "fts_versions": ["FTS5", "FTS4", "FTS3"],
+               "extensions": {"json1": None}, "compile_options": ["ENABLE_FTS5"]},
+}
+
 
 class Backend(ThreadingHTTPServer):
     """The test server: request counters and in-flight tracking."""
@@ -111,6 +119,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, {"version": "1.4.2", "build": {"version": "1.4.2+b7"}})
         elif path == "/version.txt":
             self.send(200, "1.4.2\n")
+        elif path == "/-/versions.json":  # what datasette answers, recorded from 0.65.5
+            self.send(200, DATASETTE_VERSIONS)
+        elif path == "/admin/login/":  # a Django page: HTML, no JSON, no version
+            self.send(200, "<!DOCTYPE html><html><title>Log in | Django site admin</title>"
+                           "</html>")
         elif path == "/big":
             self.send(200, b"a" * (http.MAX_BODY + 10))
         else:
@@ -368,3 +381,65 @@ def test_checks_run_in_check_mode_unless_told_not_to(srv: Backend, conn: Connect
     skipped = http.wait_for_task(url, in_check_mode=False).run(conn, check=True)
     assert (skipped.status, skipped.message) == (Status.SKIPPED, "not run in check mode")
     assert srv.counts == {"/health": 1}
+
+
+# -- the app contract's health and version checks ---------------------------------------------
+
+
+def test_health_check_with_a_body_pattern_or_a_json_field(srv: Backend, conn: Connection) -> None:
+    from deploykit.tasks.health import HttpCheck
+
+    base = f"http://{{address}}:{srv.server_address[1]}"
+    datasette = HttpCheck(path="/-/versions.json", json_field="datasette.version")
+    ok = datasette.task(base).run(conn)
+    assert ok.status is Status.OK, ok.message
+    assert ok.data["url"].endswith("/-/versions.json")
+    pinned = HttpCheck(path="/-/versions.json", json_field="sqlite.fts_versions.0",
+                       json_value="FTS5")
+    assert pinned.task(base).run(conn).status is Status.OK
+    django = HttpCheck(path="/admin/login/", body_pattern=r"<title>Log in \|")
+    assert django.task(base).run(conn).status is Status.OK
+    missing = HttpCheck(path="/-/versions.json", json_field="datasette.nope", retries=0)
+    failed = missing.task(base).run(conn)
+    assert failed.status is Status.FAILED and "JSON datasette.nope: missing" in failed.message
+    nomatch = HttpCheck(path="/admin/login/", body_pattern="Welcome", retries=0)
+    failed = nomatch.task(base).run(conn)
+    assert failed.status is Status.FAILED and "body does not match 'Welcome'" in failed.message
+    statuses = HttpCheck(path="/down", status=(200, 503), retries=0)
+    assert statuses.task(base).run(conn).status is Status.OK
+
+
+def test_version_check_reads_a_json_field_a_pattern_or_the_body(srv: Backend,
+                                                                  conn: Connection) -> None:
+    from deploykit.tasks.health import VersionCheck
+
+    base = f"http://{{address}}:{srv.server_address[1]}"
+    assert VersionCheck(path="/version", json_field="build.version").task(
+        base, version="1.4.2+b7").run(conn).status is Status.OK
+    assert VersionCheck(path="/version.txt").task(base, version="1.4.2").run(conn).status \
+        is Status.OK
+    pattern = VersionCheck(path="/-/versions.json", body_pattern=r'"datasette": {"version": '
+                           r'"{version}"')
+    assert pattern.task(base, version="0.65.5").run(conn).status is Status.OK
+    wrong = pattern.task(base, version="0.64").run(conn)
+    assert wrong.status is Status.FAILED and "0.64" in wrong.message
+    bad = VersionCheck(path="/version", json_field="version", retries=0).task(
+        base, version="9.9").run(conn)
+    assert bad.status is Status.FAILED and "version is '1.4.2', expected '9.9'" in bad.message
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"path": "health"}, "health.path: must start with '/'"),
+    ({"path": "/a b"}, "health.path: must not contain spaces"),
+    ({"status": ()}, "health.status: "),
+    ({"status": (200, 99)}, "health.status: "),
+    ({"body_pattern": "("}, "health.body_pattern: not a regular expression"),
+    ({"json_value": "ok"}, "health.json_value: needs json_field"),
+    ({"json_field": "a..b"}, "health.json_field: invalid path 'a..b'"),
+    ({"retries": -1}, "health.retries: "),
+])
+def test_check_specs_are_validated_naming_the_key(kwargs: dict[str, Any], message: str) -> None:
+    from deploykit.tasks.health import HttpCheck
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        HttpCheck(**kwargs)

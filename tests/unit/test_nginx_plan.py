@@ -301,3 +301,67 @@ def test_active_color_task_reads_the_marker(settings: NginxSettings) -> None:
     Path(settings.marker("shop")).write_text("rm -rf /\n")
     with pytest.raises(TaskError, match="holds 'rm -rf /', not a colour name"):
         probe_locally(task)
+
+
+# -- the app contract's site: strict server names, static locations, TLS ------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "~^(?<sub>.+)\\.example\\.com$",  # a regular expression (captures reach proxy headers)
+    "$host", "a|b", "(x)", "x?", "a\\b", "[x]", "-bad.example", "bad-.example", "a..b",
+    "*.*.example", "exa mple.com", "a;b", "a}b", "a\nlisten 81", "a'b", 'a"b', "a#b", "",
+    "x" * 64 + ".com", "ex$ample.com",
+])
+def test_a_hostile_server_name_is_refused_before_anything_is_rendered(name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid server_name"):
+        nginx.site("shop", name)
+    with pytest.raises(ConfigError, match=r"^nginx: invalid server_name"):
+        nginx.check_server_name(name)
+
+
+@pytest.mark.parametrize("name", ["shop.example.com", "*.example.com", ".example.com",
+                                  "www.example.*", "_", "localhost", "10.0.0.5", "[::1]",
+                                  "xn--bcher-kva.example"])
+def test_ordinary_server_names_pass(name: str) -> None:
+    assert nginx.check_server_name(name) == name
+
+
+def test_static_locations_and_tls_render_before_the_proxy() -> None:
+    task = nginx.site("shop", "shop.test", locations=[
+        nginx.StaticLocation("/static/", "/srv/shop/current/staticfiles", expires="7d"),
+        nginx.StaticLocation("/media/", "/srv/shop/shared/media/")],
+        tls=nginx.Tls("/etc/nginx/tls/shop.crt", "/etc/nginx/tls/shop.key"))
+    text = task.text.decode() if isinstance(task.text, bytes) else task.text
+    assert "    listen 80;\n    listen 443 ssl;\n" in text
+    assert "ssl_certificate /etc/nginx/tls/shop.crt;" in text
+    assert "ssl_certificate_key /etc/nginx/tls/shop.key;" in text
+    assert ("    location /static/ {\n        alias /srv/shop/current/staticfiles/;\n"
+            "        access_log off;\n        expires 7d;\n    }\n") in text
+    assert "    location /media/ {\n        alias /srv/shop/shared/media/;\n" in text
+    assert text.index("location /static/") < text.index("location / {")
+    redirect = nginx.render_site(
+        "shop", ["shop.test"], listen=["80"], upstream="shop_upstream",
+        next_upstream="error", next_upstream_tries=2, connect_timeout="2s",
+        read_timeout="60s", tls=nginx.Tls("/c.pem", "/k.pem", redirect_http=True))
+    first, second = redirect.split("server {")[1:]
+    assert "listen 80;" in first and "return 301 https://$host$request_uri;" in first
+    assert "listen 80;" not in second and "listen 443 ssl;" in second
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: nginx.StaticLocation("static/", "/srv/x/"), "a path prefix such as /static/"),
+    (lambda: nginx.StaticLocation("/", "/srv/x/"), "a path prefix"),
+    (lambda: nginx.StaticLocation("/s;/", "/srv/x/"), "a path prefix"),
+    (lambda: nginx.StaticLocation("/static/", "srv/x"), "must be an absolute path"),
+    (lambda: nginx.StaticLocation("/static/", "/srv/../etc/"), "no '..'"),
+    (lambda: nginx.StaticLocation("/static/", "/srv/x; root /"), "must be an absolute path"),
+    (lambda: nginx.StaticLocation("/static/", "/srv/x/", expires="1 d"), "expires '1 d'"),
+    (lambda: nginx.Tls("/etc/c.pem", "/etc/k.pem;"), "nginx.tls.key: '/etc/k.pem;'"),
+    (lambda: nginx.Tls("/etc/c.pem", "/etc/k.pem", port=0), "nginx.tls.port: 0"),
+    (lambda: nginx.site("shop", "shop.test", locations=[
+        nginx.StaticLocation("/s/", "/a/"), nginx.StaticLocation("/s/", "/b/")]),
+     "a location URL appears twice"),
+])
+def test_locations_and_tls_are_validated(build: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build()

@@ -1,0 +1,8 @@
+"""WSGI entry point (gunicorn dkdjango.wsgi)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dkdjango.settings")
+application = get_wsgi_application()
