@@ -14,7 +14,7 @@ shift || true
 APT_PACKAGES=(
   python3 python3-venv git ca-certificates
   iproute2 procps psmisc util-linux
-  openssh-server openssh-client
+  openssh-server openssh-client sudo
   nginx postgresql-15 postgresql-client-15 redis-server redis-tools supervisor
   sqlite3
   docker.io docker-compose debootstrap
@@ -64,7 +64,8 @@ fi
 # hosts have no route to package indexes, so releases carry a wheelhouse made
 # here. Downloaded once per change of the requirement files; tests never fetch.
 wheelhouse=.cache/wheelhouse
-host_reqs=(examples/app/requirements.txt tests/fixtures/alembic/requirements.txt)
+# Every example's requirements (examples/*/requirements.txt) and the test fixtures'.
+host_reqs=(examples/*/requirements.txt tests/fixtures/alembic/requirements.txt)
 want_wheels="$(cat "${host_reqs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$wheelhouse/.stamp" ] || [ "$(cat "$wheelhouse/.stamp")" != "$want_wheels" ]; then
   echo "bootstrap: downloading host wheels into $wheelhouse"

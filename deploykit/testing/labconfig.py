@@ -17,7 +17,7 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile /etc/ssh/authorized_keys
+AuthorizedKeysFile /etc/ssh/authorized_keys.d/%u
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -108,9 +108,15 @@ max_connections = 40
 """
 
 PG_HBA_EXTRA = """
-# deploykit lab: every lab network (198.18.0.0/24) and the controller
-host all all 198.18.0.0/24 scram-sha-256
+# deploykit lab: every lab network (198.18.0.0/15) and the controller
+host all all 198.18.0.0/15 scram-sha-256
 """
+
+def deploy_sudoers(user: str) -> str:
+    """/etc/sudoers.d entry of the lab's non-root deploy user: passwordless sudo."""
+    return f"# deploykit lab: the deploy user may run anything as root without a password\n" \
+           f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
 
 def dockerd_config(cgroup_parent: str) -> str:
     """daemon.json of a lab host's own dockerd: everything inside the host's private
@@ -147,11 +153,14 @@ def etc_hosts(own_name: str, addresses: Mapping[str, str]) -> str:
 
 
 def ssh_client_config(
-    hosts: Mapping[str, str], identity_file: str, known_hosts: str, user: str = "root"
+    hosts: Mapping[str, str], identity_file: str, known_hosts: str, user: str = "root",
+    jumps: Mapping[str, str] | None = None,
 ) -> str:
-    """An OpenSSH client config naming every lab host, with strict host key checking."""
+    """An OpenSSH client config naming every lab host, with strict host key checking;
+    ``jumps`` maps a host reached only through a bastion to the bastion's name."""
     blocks = []
     for name, address in hosts.items():
+        jump = (jumps or {}).get(name)
         blocks.append(
             f"Host {name}\n"
             f"    HostName {address}\n"
@@ -160,5 +169,6 @@ def ssh_client_config(
             f"    IdentitiesOnly yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
             f"    StrictHostKeyChecking yes\n"
+            + (f"    ProxyJump {jump}\n" if jump else "")
         )
     return "\n".join(blocks)

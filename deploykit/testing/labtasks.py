@@ -23,10 +23,20 @@ from deploykit.testing.lab import Lab, LabHostStatus, default_fleet, load_fleet,
 DEFAULT_INVENTORY = Path("inventories/lab.yml")
 
 
-def lab_from(hosts: str | None, inventory: str | Path = DEFAULT_INVENTORY) -> Lab:
-    """The lab for ``--hosts`` (a count or ``name:role,...``), else the running or default one."""
+def lab_from(hosts: str | None, inventory: str | Path = DEFAULT_INVENTORY,
+             user: str = "root") -> Lab:
+    """The lab for ``--hosts`` (a count, ``light:N`` or ``name:role,...``), else the running
+    or default one (DEPLOYKIT_LAB_NAME, DEPLOYKIT_LAB_NETWORK)."""
     fleet = parse_fleet(hosts) if hosts else (load_fleet() or default_fleet())
-    return Lab(fleet, inventory_path=inventory)
+    return Lab(fleet, inventory_path=inventory, inventory_user=user)
+
+
+def described_lab(inventory: str | None) -> Lab:
+    """The lab ``--inventory`` describes (its name and network are in it), else the
+    default one (DEPLOYKIT_LAB_NAME, DEPLOYKIT_LAB_NETWORK) with inventories/lab.yml."""
+    if inventory is None:
+        return Lab(load_fleet() or default_fleet(), inventory_path=DEFAULT_INVENTORY)
+    return Lab.from_inventory(inventory)
 
 
 def status_table(statuses: list[LabHostStatus]) -> Table:
@@ -43,35 +53,42 @@ def status_table(statuses: list[LabHostStatus]) -> Table:
     return table
 
 
-@task(help={"hosts": "host count (e.g. 10) or 'web-1:web,db-1:db'; default web-1, web-2, db-1",
-            "inventory": "where to write the inventory (default inventories/lab.yml)"})
+@task(help={"hosts": "host count (e.g. 10), 'light:200' (sshd-only hosts), 'bastion' (web and "
+                     "db hosts behind a bastion; set DEPLOYKIT_LAB_INNER_NETWORK) or "
+                     "'web-1:web,db-1:db'; default web-1, web-2, db-1",
+            "inventory": "where to write the inventory (default inventories/lab.yml)",
+            "user": "who the inventory logs in as: root (default) or deploy (sudo, become)"})
 @reports_errors
-def up(c: Context, hosts: str | None = None, inventory: str = str(DEFAULT_INVENTORY)) -> None:
+def up(c: Context, hosts: str | None = None, inventory: str = str(DEFAULT_INVENTORY),
+       user: str = "root") -> None:
     """Bring the lab fleet up (idempotent) and write its inventory and known_hosts."""
-    lab = lab_from(hosts, inventory)
+    lab = lab_from(hosts, inventory, user)
     started = time.monotonic()
     statuses = lab.up()
     Console().print(status_table(statuses))
     print(f"lab up in {time.monotonic() - started:.1f} s; inventory: {inventory}")
 
 
-@task(help={"inventory": "the lab inventory (default inventories/lab.yml)"})
+@task(help={"inventory": "a lab inventory: show the lab it describes (default: "
+                         "DEPLOYKIT_LAB_NAME's lab)"})
 @reports_errors
-def status(c: Context, inventory: str = str(DEFAULT_INVENTORY)) -> None:
+def status(c: Context, inventory: str | None = None) -> None:
     """Show each lab host with its address, roles and service states."""
-    fleet = load_fleet()
-    if fleet is None:
-        print("lab is down")
+    lab = described_lab(inventory)
+    if load_fleet(lab.name) is None:
+        print(f"lab {lab.name} is down")
         return
-    Console().print(status_table(Lab(fleet, inventory_path=inventory).status()))
+    Console().print(status_table(lab.status()))
 
 
-@task(help={"inventory": "the lab inventory to remove (default inventories/lab.yml)"})
+@task(help={"inventory": "a lab inventory: take down the lab it describes and remove the "
+                         "file (default: DEPLOYKIT_LAB_NAME's lab and inventories/lab.yml)"})
 @reports_errors
-def down(c: Context, inventory: str = str(DEFAULT_INVENTORY)) -> None:
+def down(c: Context, inventory: str | None = None) -> None:
     """Tear the lab down: no namespace, link, mount, process or file is left."""
-    Lab(load_fleet() or default_fleet(), inventory_path=inventory).down()
-    print("lab down")
+    lab = described_lab(inventory)
+    lab.down()
+    print(f"lab {lab.name} ({lab.network}) down")
 
 
 lab_collection = Collection("lab", up, status, down)

@@ -159,3 +159,48 @@ def test_invoke_lab_status_prints_the_fleet(lab: Lab, project_root: Path) -> Non
 def test_fleet_file_matches_specs(lab: Lab) -> None:
     data = json.loads((lab.state_dir / "fleet.json").read_text())
     assert data == [{"name": s.name, "roles": list(s.roles)} for s in lab.specs]
+
+
+def test_lab_tests_get_a_longer_timeout_than_the_default(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("timeout")  # given by tests/conftest.py
+    assert marker is not None and marker.args[0] > float(request.config.getini("timeout"))
+
+
+def test_deploy_user_logs_in_with_the_lab_key_and_has_passwordless_sudo(lab: Lab) -> None:
+    inventory = Inventory.from_dict(lab.inventory(user="deploy"), source="<lab deploy>")
+    host = inventory.host("web-1")
+    assert host.user == "deploy" and host.become
+    conn = Connection(dataclasses.replace(host, become=False))
+    try:
+        assert conn.run("id -un; echo $HOME").stdout.split() == ["deploy", "/home/deploy"]
+        assert conn.run("sudo -n id -u").stdout.strip() == "0"
+        assert conn.run("touch /srv/x", check=False).exit_code != 0  # not root without sudo
+    finally:
+        conn.close()
+    become = Connection(host)  # the inventory's become: deploykit runs commands with sudo -n
+    try:
+        assert become.run("id -un").stdout.strip() == "root"
+    finally:
+        become.close()
+    # the machine's own users, /etc and /home are untouched
+    assert "deploy:" not in Path("/etc/passwd").read_text()
+    assert not Path("/home/deploy").exists()
+
+
+def test_deploy_user_has_no_password_anywhere(lab: Lab) -> None:
+    shadow = lab.nsenter("web-1", ["cat", "/etc/shadow"]).stdout
+    assert shadow and all(line.split(":")[1] == "*" for line in shadow.splitlines())
+
+
+def test_etc_changes_on_a_host_stay_in_that_host(
+    lab: Lab, lab_connection: Callable[[str], Connection]
+) -> None:
+    web1 = lab_connection("web-1")
+    try:
+        web1.run("useradd -M -s /usr/sbin/nologin dklabprobe && echo x > /etc/dklab-probe")
+        assert "dklabprobe:" in web1.run("cat /etc/passwd").stdout
+        assert "dklabprobe:" not in lab_connection("web-2").run("cat /etc/passwd").stdout
+        assert "dklabprobe:" not in Path("/etc/passwd").read_text()  # nor on the machine
+        assert not Path("/etc/dklab-probe").exists()
+    finally:
+        web1.run("userdel dklabprobe; rm -f /etc/dklab-probe", check=False)

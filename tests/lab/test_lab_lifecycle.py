@@ -1,11 +1,13 @@
 """Building and tearing down a lab: idempotent, leaves nothing, fails clearly.
 
-These tests build their own small lab ``dktest`` in 198.18.0.128/27, beside the
-session's lab, so they never disturb it.
+These tests build their own small labs ``dktest`` (and ``dktestb``) in
+DEPLOYKIT_LIFECYCLE_NETWORK (a /27 of 198.18.0.0/15, default 198.18.0.128/27),
+beside the session's lab, so they never disturb it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -16,14 +18,16 @@ import pytest
 
 from deploykit.errors import LabError
 from deploykit.testing import labconfig
-from deploykit.testing.lab import Lab, LabHostSpec
+from deploykit.testing.lab import LAB_RANGE, LAB_ROUTE_METRIC, Lab, LabHostSpec
 
 pytestmark = pytest.mark.lab
 if os.geteuid() != 0:
     pytest.skip("the lab needs root", allow_module_level=True)
 
-NETWORK = "198.18.0.128/27"
+NETWORK = os.environ.get("DEPLOYKIT_LIFECYCLE_NETWORK", "198.18.0.128/27")
+LOWER, UPPER = (str(n) for n in ipaddress.ip_network(NETWORK).subnets(new_prefix=28))
 FLEET = [LabHostSpec("t-web", ("web",)), LabHostSpec("t-db", ("db",))]
+LIGHT = [LabHostSpec("t-node", ("light",))]
 
 
 def _sh(cmd: str) -> str:
@@ -87,12 +91,13 @@ def test_down_after_a_crash_removes_what_the_state_files_forgot(test_lab: Lab) -
 
 
 def test_address_range_in_use_is_a_clear_error(test_lab: Lab) -> None:
-    subprocess.run("ip link add dkzz type veth peer name dkzy && "
-                   "ip addr add 198.18.0.150/32 dev dkzz",
+    taken = ipaddress.ip_network(NETWORK)[22]
+    subprocess.run(f"ip link add dkzz type veth peer name dkzy && "
+                   f"ip addr add {taken}/32 dev dkzz",
                    shell=True, check=True)
     try:
         with pytest.raises(LabError,
-                           match=r"198\.18\.0\.128/27 is already in use on interface dkzz"):
+                           match=rf"{NETWORK} is already in use on interface dkzz"):
             test_lab.up()
     finally:
         subprocess.run(["ip", "link", "delete", "dkzz"], check=True)
@@ -135,3 +140,67 @@ def test_missing_program_names_the_apt_package(project_root: Path) -> None:
     assert out.returncode == 1
     assert "apt-get install" in out.stderr and "iproute2" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_lab_refuses_a_network_a_live_lab_uses(tmp_path: Path) -> None:
+    first = Lab(LIGHT, name="dktest", network=LOWER)
+    intruder = Lab([LabHostSpec("t-other", ("light",))], name="dktestb", network=NETWORK)
+    try:
+        first.up()
+        with pytest.raises(LabError, match=rf"overlaps {LOWER} of the running lab 'dktest'"):
+            intruder.up()
+        assert "dktestb-" not in _sh("ip netns list")  # nothing of it was built
+        assert first.is_up()
+    finally:
+        intruder.down()
+        first.down()
+
+
+def _lab_route() -> str:
+    return _sh(f"ip route show {LAB_RANGE} metric {LAB_ROUTE_METRIC}").strip()
+
+
+def test_lab_down_keeps_the_unreachable_route_while_another_lab_is_up() -> None:
+    first = Lab(LIGHT, name="dktest", network=LOWER)
+    second = Lab([LabHostSpec("t-other", ("light",))], name="dktestb", network=UPPER)
+    try:
+        first.up()
+        second.up()
+        first.down()
+        assert _lab_route().startswith(f"unreachable {LAB_RANGE}")
+        # and the route still does its job: nothing of the lab range leaves the machine
+        route = _sh(f"ip route get {ipaddress.ip_network(LOWER)[11]} 2>&1")
+        assert "unreachable" in route or "No route to host" in route
+    finally:
+        second.down()
+        first.down()
+
+
+def test_invoke_lab_down_with_inventory_takes_down_the_lab_it_describes(
+    project_root: Path, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "other-lab.yml"
+    lab = Lab(LIGHT, name="dktest", network=LOWER, inventory_path=inventory)
+    try:
+        lab.up()
+        # the default lab of this environment is another one (which does not exist)
+        env = {**os.environ, "DEPLOYKIT_LAB_NAME": "dknone", "DEPLOYKIT_LAB_NETWORK": UPPER}
+        out = _cli(project_root, "lab.down", "--inventory", str(inventory), env=env)
+        assert out.returncode == 0, out.stderr
+        assert f"lab dktest ({LOWER}) down" in out.stdout
+        assert _traces(lab) == {k: "" for k in _traces(lab)}
+        assert not inventory.exists()
+    finally:
+        lab.down()
+
+
+def test_invoke_lab_down_with_a_file_that_is_no_lab_inventory_is_one_clear_error(
+    project_root: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "production.yml"
+    other.write_text("all:\n  hosts:\n    web-1: {address: 10.0.0.1}\n")
+    out = _cli(project_root, "lab.down", "--inventory", str(other))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"error: {other} is not a lab inventory (no all.vars lab_name "
+                                  "and lab_network: it was not written by invoke lab.up)")
+    assert other.exists()

@@ -207,10 +207,3 @@ def test_json_report_has_every_result_and_no_secret(
         "files.file /srv/secret.env", "echo secret"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
-
-def test_unknown_handler_is_a_config_error() -> None:
-    from deploykit.errors import ConfigError
-    with pytest.raises(ConfigError, match="unknown handler 'relaod'"):
-        Runner([step(files.directory("/srv/x"), notify=["relaod"])], handlers={"reload": []})
-
-
