@@ -26,9 +26,9 @@ from typing import Any
 
 from deploykit.connection import Connection
 from deploykit.inventory import Inventory
+from deploykit.runtimes.compose import ComposeRelease, ComposeSpec
 from deploykit.secrets import Secret
-from deploykit.strategies import compose_bluegreen
-from deploykit.strategies.compose_bluegreen import ComposeBlueGreen, ComposeRelease
+from deploykit.strategies import bluegreen
 from deploykit.tasks import compose
 from deploykit.testing.composeapp import EXAMPLE, build_images
 from deploykit.testing.lab import Lab, LabHostSpec
@@ -42,16 +42,16 @@ TOKEN = Secret("bench-token")
 
 
 def plan_for(version: str, images: dict[str, str], source: compose.ImageSource
-             ) -> ComposeBlueGreen:
+             ) -> ComposeSpec:
     release = ComposeRelease(version, COMPOSE_FILE, (images[version],),
                              {"IMAGE": images[version]})
-    return ComposeBlueGreen("shop", release, {"API_TOKEN": TOKEN}, source=source)
+    return ComposeSpec("shop", release, {"API_TOKEN": TOKEN}, source=source)
 
 
-def timed_deploy(plan: ComposeBlueGreen, inventory: Inventory, deploy_id: str, want: str
-                 ) -> tuple[compose_bluegreen.DeployOutcome, float]:
+def timed_deploy(plan: ComposeSpec, inventory: Inventory, deploy_id: str, want: str
+                 ) -> tuple[bluegreen.DeployOutcome, float]:
     started = time.perf_counter()
-    outcome = compose_bluegreen.deploy(plan, inventory.select("web"), deploy_id=deploy_id)
+    outcome = bluegreen.deploy(plan, inventory.select("web"), deploy_id=deploy_id)
     took = time.perf_counter() - started
     if outcome.result != want:
         raise SystemExit(f"{deploy_id}: {outcome.result}, not {want}: {outcome.message}")

@@ -162,7 +162,7 @@ class ReleaseState(enum.StrEnum):
 @dataclass(frozen=True)
 class ColourState:
     """One colour on one host: the release it holds and whether its processes run
-    (None: unknown)."""
+    (None: unknown, or no process is defined for it)."""
 
     color: str
     release: str | None
@@ -336,19 +336,47 @@ class TrafficSettings(Protocol):
     strategies read these; both :class:`~deploykit.runtimes.release.ReleaseSpec` and
     :class:`~deploykit.runtimes.compose.ComposeSpec` have them)."""
 
-    app: str
-    ports: Mapping[str, int]
-    server_name: str
-    health_path: str
-    version_path: str
-    health_retries: int
-    health_interval: float
-    latency_budget_ms: float | None
-    verify_requests: int
-    grace_seconds: float
-    verify_suite: str | None
-    verify_timeout: float
-    verify_report_dir: str
+    @property
+    def app(self) -> str: ...
+
+    @property
+    def release_id(self) -> str: ...
+
+    @property
+    def ports(self) -> Mapping[str, int]: ...
+
+    @property
+    def server_name(self) -> str: ...
+
+    @property
+    def health_path(self) -> str: ...
+
+    @property
+    def version_path(self) -> str: ...
+
+    @property
+    def health_retries(self) -> int: ...
+
+    @property
+    def health_interval(self) -> float: ...
+
+    @property
+    def latency_budget_ms(self) -> float | None: ...
+
+    @property
+    def verify_requests(self) -> int: ...
+
+    @property
+    def grace_seconds(self) -> float: ...
+
+    @property
+    def verify_suite(self) -> str | None: ...
+
+    @property
+    def verify_timeout(self) -> float: ...
+
+    @property
+    def verify_report_dir(self) -> str: ...
 
 
 # -- the runtime (its methods) ------------------------------------------------------------
@@ -378,10 +406,15 @@ class Runtime(ABC):
         """What runs ``color`` (a supervisor program, a compose project)."""
         return f"{self.app}-{color}"
 
+    def __init__(self, spec: TrafficSettings, ledger_path: str) -> None:
+        self.spec = spec
+        self.app = spec.app
+        self.ledger_path = ledger_path
+
     @property
-    @abstractmethod
     def release_id(self) -> str:
         """The release this runtime deploys (the version, or the artifact's release id)."""
+        return self.spec.release_id
 
     @property
     def secrets(self) -> list[Secret]:
@@ -410,6 +443,17 @@ class Runtime(ABC):
         """Stop ``color``'s processes (its files stay)."""
 
     @abstractmethod
+    def resume_steps(self, color: str, state: HostState) -> StepList:
+        """Start ``color``'s processes again as they were (a switch-back or a repair to a
+        stopped colour); ``state`` is what inspect read on the host."""
+
+    @abstractmethod
+    def for_release(self, conn: Connection, release: str, verified: object | None
+                    ) -> Runtime:
+        """This runtime for another release already on the hosts (a rollback target),
+        with what it served with (``verified``: its ledger entry, or None)."""
+
+    @abstractmethod
     def discard_steps(self, color: str, before: HostState) -> StepList:
         """After a failed prepare: ``color`` back to how ``before`` found it, stopped."""
 
@@ -423,8 +467,11 @@ class Runtime(ABC):
 
     @abstractmethod
     def ledger_steps(self, state: ReleaseState, *, release: str | None = None,
-                     color: str | None = None, reason: str = "") -> StepList:
-        """Record ``release`` (default: this one) as ``state`` in each host's ledger."""
+                     color: str | None = None, reason: str = "", deploy_id: str = "",
+                     rollback: bool = False) -> StepList:
+        """Record ``release`` (default: this one) as ``state`` in each host's ledger
+        (``rollback``: recorded by a rollback; see
+        :func:`~deploykit.runtimes.ledger.serving_stack`)."""
 
 
 # -- the strategy ---------------------------------------------------------------------------

@@ -1,475 +1,547 @@
-"""Blue/green deploys with automatic switch-back (runbook 000, on releases).
+"""Blue/green deploys with automatic switch-back (runbook 000), on any runtime.
 
-Each web host runs the app twice, as colours: ``<app>-blue`` and ``<app>-green``
-supervisor programs on their own ports, each from its own release directory;
-nginx sends all traffic to the active colour (``nginx.switch``). A deploy:
+Each web host runs the app twice, as colours (``blue``, ``green``), each on its own
+port; nginx sends all traffic to the active colour (``nginx.switch``). What a colour
+*is* comes from the runtime (:mod:`deploykit.runtimes.release`: a release directory +
+venv + program; :mod:`deploykit.runtimes.compose`: a compose project). A deploy:
 
-1. **inspect** (read-only): every web host's active colour and releases; the
-   colours must agree across the fleet. When the active colour already runs
-   this artifact, the deploy only re-asserts that state (``unchanged``).
-2. **database** (db host, when ``database`` is set): the database exists,
-   ``SELECT 1``, Redis ``PING``, then the artifact's SQL migrations.
-   Migrations must be backward compatible (expand first): the old colour keeps
-   serving on the new schema until the switch, and after a switch-back.
-3. **prepare** the idle colour on every web host: shared ``.env``, install the
-   release (bundled wheels, no network), point the colour's link at it, (re)start
-   its program, and health-gate it directly (HTTP JSON ``status: ok``, which the
-   app derives from its db, redis and disk checks). Any failure here and
-   **traffic never moves**: the idle colour is put back as it was, fleet-wide
-   (its program, its link, and the new release directory removed).
-4. **switch** nginx to the idle colour on every host (``nginx -t`` and reload,
-   never restart; the site is written first when the upstream exists already,
-   so a site nginx rejects fails before any traffic moves), then **verify
-   through nginx**: health, the new version, and the p95 latency budget. Any
-   failure here and every host is **switched back automatically** (the runner's
-   fleet-wide undo); the release is marked failed.
-5. **finish**: ``current`` points at the new release, old releases are pruned;
-   after ``grace_seconds`` the old colour's program is stopped.
+1. **inspect** (read-only): every web host's active colour, each colour's release, the
+   ledger. A fleet left split by an earlier run (hosts on different colours or releases:
+   a host lost mid-switch) is first **repaired**: each host goes back to its last
+   verified release. When the active colour already runs this release unchanged, the
+   deploy changes nothing (``unchanged``) -- unless the release never passed
+   verification (a crash after the switch): then it is **verified now**, and finished or
+   switched back like any deploy. A changed live release (drift, a new environment) is
+   deployed through the idle colour like any other: the serving colour never restarts
+   ungated.
+2. **prepare** the idle colour on every web host: **install** (files only, nothing that
+   serves restarts), then the caller's **post_install** seam (migrations: after the
+   release is on the hosts, before its processes start), then **start** its processes
+   and **health-gate** the colour directly (plus the ``verify_suite``'s ``pre_switch``
+   tests). Any failure here and **traffic never moves**: the idle colour is put back as
+   it was, fleet-wide. The ledger records ``prepared``.
+3. **switch** nginx to the idle colour on every host (``nginx -t`` and reload; the
+   site is written first when the upstream exists), record ``live``, then **verify
+   through nginx**: health, the version, the p95 latency budget, the ``post_switch``
+   tests. Any failure and every host is **switched back** (the runner's fleet-wide
+   undo); **after failure** stops the new colour only on the hosts that route to the old
+   colour again -- a host whose switch-back failed keeps serving the new colour -- and
+   the outcome says per host what it serves. A release that failed verification is
+   recorded ``failed`` and is never a rollback target.
+4. **finish**: ``verified`` in the ledger, ``current`` at the new release, old releases
+   pruned; after ``grace_seconds`` the old colour is stopped.
 
-**Suite gates** (``verify_suite``: a testinfra suite, see :mod:`deploykit.verify`):
-its ``pre_switch`` tests run against the idle colour at the end of **prepare**
-(after the health gate): a failure there is a failed health gate, traffic never
-moves. Its ``post_switch`` tests run at the end of **switch** (after the checks
-through nginx, with ``current`` already on the new release): a failure there is a
-failed verification, every host is switched back. Canary and rolling deploys get
-the same gates from :class:`_Deploy`. Each gate's JUnit XML and JSON results go to
-``verify_report_dir`` as ``<deploy id>.<marker>.junit.xml`` / ``.json``.
-
-Every phase is a :class:`~deploykit.runner.Runner` run over one SSH connection
-per host; :class:`DeployOutcome` merges their reports (per-step timings) and
-says what happened and where traffic is.
+:func:`deploy`, :func:`rollback` and :func:`repair` are the plain Python entry points:
+they open the connections, run :class:`BlueGreenStrategy` and close them. A pipeline
+that holds its own connections builds a
+:class:`~deploykit.strategies.base.StrategyContext` and calls the strategy directly.
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
-from deploykit.artifacts import Artifact, unpack_migrations
-from deploykit.connection import Connection, LoggedCommand, connect_all
-from deploykit.errors import ConfigError, DeployError
+from deploykit.artifacts import unpack_migrations
+from deploykit.connection import Connection, connect_all
+from deploykit.errors import DeployError
 from deploykit.inventory import Host
-from deploykit.journal import RUNS_DIR
 from deploykit.report import NullReporter, Reporter
-from deploykit.result import Result, RunReport, Status
-from deploykit.runner import Runner, step
-from deploykit.secrets import Secret
-from deploykit.task import Task
-from deploykit.tasks import files, http, migrations, nginx, postgres, redis, releases, services
-from deploykit.verify import DeployContext, SuiteTask, Verification, suite_task
+from deploykit.result import RunReport
+from deploykit.runner import step
+from deploykit.runtimes import ledger
+from deploykit.runtimes.compose import ComposeRuntime, ComposeSpec
+from deploykit.runtimes.release import ReleaseRuntime, ReleaseSpec
+from deploykit.strategies.base import (
+    COLORS,
+    DeployOutcome,
+    EventKind,
+    FleetState,
+    HostOutcome,
+    Outcome,
+    Phase,
+    ReleaseState,
+    Runtime,
+    StepList,
+    Strategy,
+    StrategyContext,
+    other,
+)
+from deploykit.strategies.phases import PhaseRunner, first_failure
+from deploykit.tasks import http, migrations, nginx, postgres, redis, releases
 
-log = logging.getLogger(__name__)
-COLORS = ("blue", "green")
-WAITS = ("health gate", "verify")
-"""Steps whose names start so wait on the app (health gates, verification)."""
-Outcome = Literal["deployed", "unchanged", "failed", "rolled_back", "checked"]
+__all__ = ["COLORS", "BlueGreen", "BlueGreenStrategy", "DeployOutcome", "Outcome",
+           "database_hook", "deploy",
+           "make_runtime", "open_context", "other", "repair", "rollback"]
 
-
-@dataclass(frozen=True)
-class BlueGreen:
-    """What to deploy and how (every field but the first three has a default).
-
-    ``command`` runs in the release directory; a relative first element is
-    taken from the release (``venv/bin/gunicorn``). The colour's port reaches
-    the program as ``PORT`` in its environment. The shared ``.env`` gets
-    ``env_mode`` (0600), group ``app_user`` and owner ``env_owner`` (None: the
-    app user, who alone reads it). ``verify_suite`` (a testinfra suite directory or
-    file) gates the switch with its ``pre_switch`` and ``post_switch`` tests (see the
-    module docstring).
-    """
-
-    app: str
-    artifact: Artifact
-    env: str | Secret
-    database: str | None = None
-    ports: Mapping[str, int] = field(default_factory=lambda: {"blue": 8001, "green": 8002})
-    command: Sequence[str] = ("venv/bin/gunicorn", "-c", "gunicorn.conf.py",
-                              "sampleapp.web:application")
-    app_user: str = "www-data"
-    server_name: str = "_"
-    health_path: str = "/health"
-    version_path: str = "/version"
-    health_retries: int = 40
-    health_interval: float = 0.25
-    latency_budget_ms: float | None = 500.0
-    verify_requests: int = 40
-    grace_seconds: float = 2.0
-    keep_releases: int = 5
-    startsecs: int = 2
-    startretries: int = 1
-    env_mode: int = 0o600
-    env_owner: str | None = None
-    verify_suite: str | None = None
-    verify_timeout: float = 300.0
-    verify_report_dir: str = str(RUNS_DIR)
-
-    def __post_init__(self) -> None:
-        if sorted(self.ports) != sorted(COLORS):
-            raise ConfigError(f"ports must name blue and green, not {sorted(self.ports)}")
-        if self.verify_suite is not None and not Path(self.verify_suite).exists():
-            raise ConfigError(f"verify_suite {self.verify_suite!r} not found")
-
-    @property
-    def release_id(self) -> str:
-        """The release this artifact installs as."""
-        return self.artifact.release_id
-
-    def program(self, color: str) -> str:
-        """The supervisor program of a colour."""
-        return f"{self.app}-{color}"
+BlueGreen = ReleaseSpec
+"""The release runtime's spec under its historical name (``BlueGreen(app, artifact, env)``)."""
 
 
-@dataclass
-class DeployOutcome:
-    """What a blue/green deploy did."""
-
-    result: Outcome
-    color: str | None  # the colour serving traffic now
-    previous: str | None  # the colour that served before
-    report: RunReport
-    phases: dict[str, float] = field(default_factory=dict)
-    message: str = ""
-    logs: dict[str, list[LoggedCommand]] = field(default_factory=dict)
-    """Every command sent, per host (secrets redacted): a deploy that finds nothing to
-    do sends no write command."""
-    waits: dict[str, float] = field(default_factory=dict)
-    """Per phase, the seconds its slowest host spent in health gates and verification."""
-    verifications: dict[str, Verification] = field(default_factory=dict)
-    """Per gate marker (``pre_switch``, ``post_switch``), the suite's results on every host."""
-
-    @property
-    def ok(self) -> bool:
-        """True when the new release serves (or already served) traffic."""
-        return self.result in ("deployed", "unchanged", "checked")
-
-    @property
-    def gate_seconds(self) -> float:
-        """Wall time spent waiting on health gates and verification (not deploykit's own):
-        :attr:`waits` summed over the phases (hosts wait in parallel within a phase)."""
-        return sum(self.waits.values())
+def make_runtime(spec: ReleaseSpec | ComposeSpec) -> Runtime:
+    """The runtime for a spec: :class:`ReleaseRuntime` or :class:`ComposeRuntime`."""
+    return ReleaseRuntime(spec) if isinstance(spec, ReleaseSpec) else ComposeRuntime(spec)
 
 
-def other(color: str) -> str:
-    """The other colour."""
-    return COLORS[1 - COLORS.index(color)]
+class BlueGreenStrategy(Strategy):
+    """Blue/green over ``ctx.runtime`` (see the module docstring)."""
 
+    name = "bluegreen"
 
-class _Deploy:
-    """One blue/green deploy: the phases share the hosts, connections and report."""
+    def __init__(self) -> None:
+        self.phases: PhaseRunner | None = None
+        self.rolling_back = False
 
-    def __init__(self, plan: BlueGreen, web: Sequence[Host], db: Host | None, *,
-                 deploy_id: str, check: bool, reporter: Reporter, forks: int) -> None:
-        self.plan = plan
-        self.web = list(web)
-        self.db = db
-        self.check = check
-        self.reporter = reporter
-        self.forks = forks
-        self.report = RunReport(run_id=deploy_id, check=check)
-        if isinstance(plan.env, Secret):
-            self.report.secrets.append(plan.env)
-        self.phases: dict[str, float] = {}
-        self.waits: dict[str, float] = {}
-        self.conns: dict[str, Connection] = {}
-        self.workdir = ""
-        self.verifications: dict[str, Verification] = {}
+    # -- the protocol --------------------------------------------------------------------
 
-    # -- running phases ----------------------------------------------------------
+    def inspect(self, ctx: StrategyContext) -> FleetState:
+        return FleetState({h.name: ctx.runtime.inspect(ctx.conn(h.name), h) for h in ctx.web})
 
-    def phase(self, name: str, steps: Sequence[Task | object], hosts: Sequence[Host], *,
-              undo: Literal["host", "fleet", "none"] = "fleet") -> RunReport:
-        """Run one phase's steps over ``hosts`` and merge its report."""
+    def run(self, ctx: StrategyContext) -> DeployOutcome:
+        self.phases = run = PhaseRunner(ctx)
         started = time.monotonic()
-        runner = Runner(steps, forks=self.forks, undo=undo, check=self.check,  # type: ignore[arg-type]
-                        reporter=self.reporter, run_id=self.report.run_id)
-        part = runner.run(hosts, connections=self.conns)
-        self.report.merge(part)
-        self.record_gates(steps)
-        self.phases[name] = time.monotonic() - started
-        waited = max((sum(r.duration for r in entry.results if r.task.startswith(WAITS))
-                      for entry in part.hosts.values()), default=0.0)
-        if waited:
-            self.waits[name] = waited
-        return part
-
-    def outcome(self, result: Outcome, color: str | None, previous: str | None,
-                message: str) -> DeployOutcome:
-        self.report.finish()
-        logs = {name: list(conn.log) for name, conn in self.conns.items()}
-        return DeployOutcome(result, color, previous, self.report, self.phases, message, logs,
-                             self.waits, dict(self.verifications))
-
-    # -- suite gates -------------------------------------------------------------
-
-    def suite_step(self, marker: str, color: str | None, port: int) -> SuiteTask | None:
-        """The ``marker`` tests of ``verify_suite`` as a step (None without a suite):
-        what they verify is this release on ``color`` (None: the single-colour layout)."""
-        plan = self.plan
-        if plan.verify_suite is None:
-            return None
-        context = DeployContext(app=plan.app, version=plan.artifact.version,
-                                release=plan.release_id, color=color, port=port,
-                                program=plan.program(color) if color else plan.app,
-                                phase=marker)
-        return suite_task(plan.verify_suite, marker=marker, context=context,
-                          timeout=plan.verify_timeout,
-                          name=f"verify: suite {marker}" + (f" on {color}" if color else ""))
-
-    def record_gates(self, steps: Sequence[object]) -> None:
-        """After a phase: add its suite gates' results to :attr:`verifications` and write
-        them (JUnit XML, JSON) to ``verify_report_dir``."""
-        for task in steps:
-            if not isinstance(task, SuiteTask) or task.marker is None:
-                continue
-            run = task.combined()
-            if run is None:
-                continue
-            task.runs.clear()  # a later phase (rolling's next batch) adds its own hosts
-            kept = self.verifications.setdefault(task.marker,
-                                                 Verification(task.suite, task.marker))
-            kept.merge(run)
-            kept.hosts = {h.name: kept.hosts[h.name] for h in self.web if h.name in kept.hosts}
-            base = Path(self.plan.verify_report_dir) / f"{self.report.run_id}.{task.marker}"
-            try:
-                kept.write(f"{base}.junit.xml", f"{base}.json", secrets=self.report.secrets)
-            except OSError as exc:
-                log.warning("cannot write the %s results to %s: %s", task.marker,
-                            self.plan.verify_report_dir, exc)
-
-    def fail_host(self, host: str, message: str) -> None:
-        self.report.add(Result(host, "blue/green", Status.FAILED, message=message))
-
-    @staticmethod
-    def why(part: RunReport) -> str:
-        """``'<step>' failed on web-1, web-2``: a failed phase's first failed step and the
-        hosts it failed on (the report has each host's message)."""
-        failed = [r for entry in part.hosts.values() for r in entry.results if r.failed]
-        if not failed:
-            lost = [f"{name}: {entry.error}" for name, entry in part.hosts.items()
-                    if entry.error]
-            return "; ".join(lost) or "a host failed"
-        task = failed[0].task
-        hosts = sorted({r.host for r in failed if r.task == task})
-        return f"{task!r} failed on {', '.join(hosts)}"
-
-    # -- the deploy --------------------------------------------------------------
-
-    def run(self) -> DeployOutcome:
-        plan = self.plan
-        workdir = tempfile.TemporaryDirectory(prefix="deploykit-bluegreen-")
-        self.workdir = workdir.name
-        opened = connect_all(self.web + ([self.db] if self.db else []))
-        for name, conn in opened.items():
-            if isinstance(conn, DeployError):
-                self.report.mark_unreachable(name, str(conn))
-            else:
-                self.conns[name] = conn
         try:
-            if len(self.conns) < len(opened):
-                return self.outcome("failed", None, None,
-                                    "unreachable hosts; nothing was changed")
-            return self._run(plan)
-        finally:
-            for conn in self.conns.values():
-                conn.close()
-            workdir.cleanup()
-
-    def _run(self, plan: BlueGreen) -> DeployOutcome:
-        started = time.monotonic()
-        actives = {h.name: nginx.active_color(self.conns[h.name], plan.app) for h in self.web}
-        self.phases["inspect"] = time.monotonic() - started
-        if len(set(actives.values())) > 1:
-            shown = ", ".join(f"{h} {c or 'none'}" for h, c in actives.items())
-            return self.outcome("failed", None, None,
-                                f"active colours differ across the fleet ({shown}); switch "
-                                f"them to one colour before deploying")
-        active = next(iter(actives.values()), None)
-        if active is not None and self._already_live(active):
-            part = self.phase("re-assert", self.prepare_steps(active, gate=False)
-                              + self.switch_steps(active, verify=False), self.web)
-            changed = any(r.changed for h in part.hosts.values() for r in h.results)
-            if not part.failed and not changed:
-                return self.outcome("unchanged", active, active,
-                                    f"{plan.release_id} already serves on {active}")
-            if part.failed:
-                return self.outcome("failed", active, active, "re-asserting the live "
-                                    f"release failed: {self.why(part)}")
-            return self.outcome("deployed", active, active,
-                                f"{plan.release_id} on {active}: drift repaired")
+            fleet = self.inspect(ctx)
+        except DeployError as exc:
+            run.timed(Phase.INSPECT, started)
+            return run.outcome(self, "failed", None, None, f"cannot read the fleet: {exc}; "
+                               "nothing was changed")
+        run.timed(Phase.INSPECT, started)
+        if fleet.split and not ctx.check:
+            repaired = self._repair(ctx, run, fleet)
+            if repaired is not None:
+                return run.outcome(self, "failed", None, None, repaired)
+            fleet = self.inspect(ctx)
+        if fleet.split:
+            shown = ", ".join(f"{n} {s.active_release or '-'} on {s.active or 'none'}"
+                              for n, s in fleet.hosts.items())
+            return run.outcome(self, "failed", None, None,
+                               f"the hosts serve different colours or releases ({shown}); "
+                               "nothing was changed")
+        active = fleet.active
+        release = ctx.runtime.release_id
+        if active is not None and all(s.active_release == release
+                                      for s in fleet.hosts.values()):
+            if not self._drifted(ctx, run, active):
+                return self._already_live(ctx, run, fleet, active)
         idle = other(active) if active else COLORS[0]
+        if ctx.check:
+            run.run("prepare (check)", ctx.runtime.check_steps(idle), color=idle)
+            return run.outcome(self, "checked", active, active,
+                               f"would deploy {release} to {idle} and switch traffic from "
+                               f"{active or 'nothing'} to {idle}")
+        failure = self.prepare(ctx, fleet, idle)
+        if failure is not None:
+            return run.outcome(self, "failed", active, active,
+                               f"{release} failed before the switch on {idle}: {failure}; "
+                               f"traffic stays on {active or 'nothing'}")
+        return self._switch_verify_finish(ctx, run, fleet, idle, active)
 
-        if self.check:
-            self.phase("prepare (check)", self.check_steps(idle), self.web)
-            return self.outcome("checked", active, active,
-                                f"would deploy {plan.release_id} to {idle} and switch "
-                                f"traffic from {active or 'nothing'} to {idle}")
+    def rollback(self, ctx: StrategyContext) -> DeployOutcome:
+        """Bring ``ctx.runtime``'s release (the target: see
+        :func:`deploykit.runtimes.ledger.fleet_target`) back through the same gates; the
+        release it replaces is recorded ``rolled_back``."""
+        self.rolling_back = True
+        try:
+            return self.run(ctx)
+        finally:
+            self.rolling_back = False
 
-        if self.db is not None and plan.database:
-            part = self.phase("database", self.database_steps(), [self.db], undo="host")
-            if part.failed:
-                return self.outcome("failed", active, active,
-                                    f"database phase failed: {self.why(part)}; traffic was "
-                                    "not moved")
+    def repair(self, ctx: StrategyContext) -> DeployOutcome:
+        """Converge a split fleet: every host back on its last verified release."""
+        self.phases = run = PhaseRunner(ctx)
+        fleet = self.inspect(ctx)
+        if not fleet.split:
+            return run.outcome(self, "unchanged", fleet.active, fleet.active,
+                               "the fleet agrees: nothing to repair")
+        failure = self._repair(ctx, run, fleet)
+        if failure is not None:
+            return run.outcome(self, "failed", None, None, failure)
+        after = self.inspect(ctx)
+        return run.outcome(self, "deployed", after.active, None,
+                           "repaired: " + ", ".join(f"{n} {s.active_release} on {s.active}"
+                                                    for n, s in after.hosts.items()))
 
-        part = self.phase("prepare", self.prepare_steps(idle, gate=True), self.web)
-        if part.failed:
-            # the fleet-wide undo already put the idle colour back as it was
-            return self.outcome("failed", active, active,
-                                f"{plan.release_id} failed before the switch on {idle}: "
-                                f"{self.why(part)}; traffic stays on {active or 'nothing'}")
+    # -- phases --------------------------------------------------------------------------
 
-        part = self.phase("switch", self.switch_steps(idle, verify=True,
-                                                      site_first=active is not None), self.web)
-        if part.failed:
-            self.after_failure(idle, mark=any(  # blame the release only for its own failure
-                r.failed and r.task.startswith("verify:")
-                for h in part.hosts.values() for r in h.results))
-            return self.outcome("rolled_back", active, active,
-                                f"{plan.release_id} failed the switch to {idle}: "
-                                f"{self.why(part)}; traffic switched back to "
-                                f"{active or 'nothing'}")
-
-        self.phase("finish", self.finish_steps(), self.web)
-        if active is not None:
-            time.sleep(plan.grace_seconds)
-            self.phase("stop old colour", self.stop_steps(active), self.web)
-        return self.outcome("deployed", idle, active,
-                            f"{plan.release_id} serves on {idle}"
-                            + (f"; {active} stopped" if active else ""))
-
-    def finish_steps(self) -> list[object]:
-        """After a good switch: ``current`` at the new release, old releases pruned."""
-        plan = self.plan
-        return [releases.switch(plan.app, plan.release_id),
-                releases.cleanup(plan.app, keep=plan.keep_releases)]
-
-    def stop_steps(self, color: str) -> list[object]:
-        """After the grace period: the old colour stopped."""
-        return [services.service(self.plan.program(color), "stopped", name=f"stop {color}")]
-
-    def _already_live(self, active: str) -> bool:
-        """True when every host's ``active`` link points at this artifact's release."""
-        for host in self.web:
-            infos = releases.list_releases(self.conns[host.name], self.plan.app)
-            live = [i for i in infos if active in i.links]
-            if not live or live[0].release_id != self.plan.release_id \
-                    or live[0].sha256 != self.plan.artifact.sha256 or live[0].failed:
-                return False
-        return True
-
-    def after_failure(self, idle: str, *, mark: bool) -> None:
-        """The switch failed and traffic is back on the old colour: stop ``idle``'s
-        program; with ``mark``, the release failed verification: mark it failed (a
-        switch refused by the host's nginx is not the release's fault)."""
-        steps: list[object] = [services.service(self.plan.program(idle), "stopped",
-                                                name=f"stop {idle}")]
-        if mark:
-            steps.append(releases.mark_failed(self.plan.app, self.plan.release_id,
-                                              reason="blue/green deploy failed"))
-        self.phase("after failure", steps, self.web, undo="none")
-
-    # -- the steps ----------------------------------------------------------------
-
-    def database_steps(self) -> list[object]:
-        plan = self.plan
-        assert plan.database is not None
-        steps: list[object] = [
-            postgres.database(plan.database),
-            postgres.query_check(plan.database, "SELECT 1", expect=1,
-                                 name="health gate: database SELECT 1"),
-            redis.ping(),
-        ]
-        directory = unpack_migrations(plan.artifact, Path(self.workdir) / "migrations")
-        if migrations.load_migrations(directory):
-            steps.append(migrations.migrate(directory, database=plan.database,
-                                            deploy_id=self.report.run_id))
-        return steps
-
-    def env_steps(self) -> list[object]:
-        plan = self.plan
-        shared = f"{releases.DEFAULT_ROOT}/{plan.app}/shared"
-        env = plan.env if isinstance(plan.env, Secret) else Secret(plan.env)
-        return [files.directory(shared, mode=0o755, recursive=True),
-                files.file(f"{shared}/.env", env, mode=plan.env_mode,
-                           owner=plan.env_owner or plan.app_user,
-                           group=plan.app_user)]
-
-    def check_steps(self, idle: str) -> list[object]:
-        plan = self.plan
-        return [*self.env_steps(), releases.install(plan.app, plan.artifact),
-                nginx.switch(plan.app, idle, colors=plan.ports)]
-
-    def prepare_steps(self, color: str, *, gate: bool) -> list[object]:
-        plan = self.plan
-        rdir = releases.release_dir(plan.app, plan.release_id)
-        command = list(plan.command)
-        if not command[0].startswith("/"):
-            command[0] = f"{rdir}/{command[0]}"
-        port = plan.ports[color]
-        steps: list[object] = [
-            *self.env_steps(),
-            releases.install(plan.app, plan.artifact),
-            releases.switch(plan.app, plan.release_id, link=color),
-            services.program(plan.program(color), command, directory=rdir, user=plan.app_user,
-                             environment={"PORT": str(port)}, startsecs=plan.startsecs,
-                             startretries=plan.startretries,
-                             task_name=f"program {plan.program(color)}"),
-        ]
-        if gate:
-            steps.append(http.wait_for_task(
-                f"http://127.0.0.1:{port}{plan.health_path}", json_expect={"status": "ok"},
-                retries=plan.health_retries, interval=plan.health_interval, via_ssh=True,
-                name=f"health gate: {color} {plan.health_path}"))
-            suite = self.suite_step("pre_switch", color, port)
+    def prepare(self, ctx: StrategyContext, fleet: FleetState, idle: str) -> str | None:
+        """install -> post_install -> start -> health gate on ``idle``; on a failure
+        the idle colour is put back (see the module docstring) and the reason returned."""
+        run = self.runner_for(ctx)
+        runtime = ctx.runtime
+        part = run.run(Phase.INSTALL, runtime.install_steps(idle), color=idle)
+        if part.failed:  # the install's own fleet-wide undo put the idle colour back
+            return first_failure(part)
+        failure = run.post_install()
+        if failure is None:
+            steps = runtime.start_steps(idle) + runtime.gate_steps(idle)
+            suite = run.suite_step("pre_switch", idle, runtime.spec.ports[idle])
             if suite is not None:
                 steps.append(suite)
-        return steps
+            steps += runtime.ledger_steps(ReleaseState.PREPARED, color=idle,
+                                          deploy_id=ctx.deploy_id)
+            part = run.run(Phase.START, steps, color=idle)
+            if not part.failed:
+                return None
+            failure = first_failure(part)
+        else:
+            failure = f"post_install failed: {failure}"
+        for host in ctx.web:  # the idle colour back as inspect found it, host by host
+            run.run(Phase.AFTER_FAILURE, runtime.discard_steps(idle, fleet.hosts[host.name]),
+                    [host], undo="none", checkpoint=False)
+        return failure
 
-    def switch_steps(self, color: str, *, verify: bool, site_first: bool = False) -> list[object]:
-        """nginx to ``color`` (and the site), then with ``verify`` the checks through nginx.
-
-        ``site_first`` (the upstream exists already): write the site before moving the
-        upstream, so that a site nginx rejects fails while traffic is still where it was.
-        """
-        plan = self.plan
-        switch = nginx.switch(plan.app, color, colors=plan.ports,
+    def switch_steps(self, ctx: StrategyContext, color: str, *, site_first: bool) -> StepList:
+        """nginx to ``color`` (and the site), then ``live`` in the ledger. ``site_first``
+        (the upstream exists already): the site is written before the upstream moves, so
+        a site nginx rejects fails while traffic is still where it was."""
+        spec = ctx.runtime.spec
+        switch = nginx.switch(ctx.runtime.app, color, colors=spec.ports,
                               name=f"nginx: traffic to {color}")
-        site = nginx.site(plan.app, plan.server_name, disable_default=True)
-        steps: list[object] = [site, switch] if site_first else [switch, site]
-        if not verify:
-            return steps
-        steps += [
-            http.wait_for_task(f"http://{{address}}{plan.health_path}",
+        site = nginx.site(ctx.runtime.app, spec.server_name, disable_default=True)
+        steps: StepList = [site, switch] if site_first else [switch, site]
+        return steps + ctx.runtime.ledger_steps(ReleaseState.LIVE, color=color,
+                                                deploy_id=ctx.deploy_id,
+                                                rollback=self.rolling_back)
+
+    def verify_steps(self, ctx: StrategyContext, color: str) -> StepList:
+        """The checks through nginx (health, version, latency) and ``post_switch`` tests."""
+        runtime, spec = ctx.runtime, ctx.runtime.spec
+        steps: StepList = [
+            http.wait_for_task(f"http://{{address}}{spec.health_path}",
                                json_expect={"status": "ok"}, retries=10, interval=0.2,
                                name="verify: health through nginx"),
-            http.expect_version_task(f"http://{{address}}{plan.version_path}",
-                                     plan.artifact.version, retries=5, interval=0.2,
+            http.expect_version_task(f"http://{{address}}{spec.version_path}",
+                                     runtime.version, retries=5, interval=0.2,
                                      name="verify: version through nginx"),
         ]
-        if plan.latency_budget_ms is not None:
+        if spec.latency_budget_ms is not None:
             steps.append(step(http.measure_task(
-                f"http://{{address}}{plan.version_path}", n=plan.verify_requests, concurrency=4,
-                max_error_rate=0.0, max_p95=plan.latency_budget_ms / 1000,
+                f"http://{{address}}{spec.version_path}", n=spec.verify_requests,
+                concurrency=4, max_error_rate=0.0, max_p95=spec.latency_budget_ms / 1000,
                 max_duration=60.0, name="verify: latency through nginx")))
-        suite = self.suite_step("post_switch", color, plan.ports[color])
-        if suite is not None:  # what it verifies includes current -> the new release
-            steps += [releases.switch(plan.app, plan.release_id), suite]
+        suite = self.runner_for(ctx).suite_step("post_switch", color, spec.ports[color])
+        if suite is not None:
+            if isinstance(runtime, ReleaseRuntime):  # what it verifies includes current
+                steps.append(releases.switch(runtime.app, runtime.release_id,
+                                             allow_failed=True))
+            steps.append(suite)
         return steps
 
+    def verify(self, ctx: StrategyContext, color: str) -> bool:
+        """Verify the live ``color`` through nginx (a release left unverified)."""
+        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color), undo="none",
+                                  color=color)
+        return not part.failed
 
-def deploy(plan: BlueGreen, web: Sequence[Host], db: Host | None = None, *,
+    def finish(self, ctx: StrategyContext, color: str, previous: str | None) -> None:
+        """``verified`` in the ledger, the runtime's finish (current link, pruning), the
+        replaced release ``rolled_back`` when rolling back; then after the grace period
+        ``previous`` stopped."""
+        run = self.runner_for(ctx)
+        steps = ctx.runtime.ledger_steps(ReleaseState.VERIFIED, color=color,
+                                         deploy_id=ctx.deploy_id, rollback=self.rolling_back)
+        run.run(Phase.FINISH, steps + ctx.runtime.finish_steps(color), undo="none",
+                color=color)
+        if previous is not None:
+            time.sleep(ctx.runtime.spec.grace_seconds)
+            run.run(Phase.STOP_OLD, ctx.runtime.stop_steps(previous), undo="none",
+                    color=previous, checkpoint=False)
+
+    def after_failure(self, ctx: StrategyContext, idle: str, *, mark: bool
+                      ) -> dict[str, HostOutcome]:
+        """The switch failed and its undo switched back where it could: on each host that
+        routes to the old colour again, stop ``idle``; a host still routing to ``idle``
+        (its switch-back failed) or unreachable keeps it. With ``mark`` (the release
+        failed verification) the release is recorded ``failed`` wherever reachable."""
+        run = self.runner_for(ctx)
+        runtime = ctx.runtime
+        back: list[Host] = []
+        for host in ctx.web:
+            try:
+                if nginx.active_color(ctx.conn(host.name), runtime.app) != idle:
+                    back.append(host)
+            except DeployError:
+                continue
+        steps = list(runtime.ledger_steps(ReleaseState.FAILED, color=idle,
+                                          deploy_id=ctx.deploy_id,
+                                          reason="blue/green deploy failed")) if mark else []
+        if back:
+            run.run(Phase.AFTER_FAILURE, steps + runtime.stop_steps(idle), back,
+                    undo="none", color=idle, checkpoint=False)
+        stuck = [h for h in ctx.web if h not in back]
+        if steps and stuck:
+            run.run(Phase.AFTER_FAILURE, steps, stuck, undo="none", checkpoint=False)
+        return self.hosts_outcome(ctx)
+
+    # -- the pieces ------------------------------------------------------------------------
+
+    def runner_for(self, ctx: StrategyContext) -> PhaseRunner:
+        """The :class:`PhaseRunner` of this strategy's run over ``ctx``."""
+        if self.phases is None or self.phases.ctx is not ctx:
+            self.phases = PhaseRunner(ctx)
+        return self.phases
+
+    def _switch_verify_finish(self, ctx: StrategyContext, run: PhaseRunner, fleet: FleetState,
+                              idle: str, active: str | None) -> DeployOutcome:
+        release = ctx.runtime.release_id
+        steps = self.switch_steps(ctx, idle, site_first=active is not None) \
+            + self.verify_steps(ctx, idle)
+        part = run.run(Phase.SWITCH, steps, color=idle)
+        names = [h.name for h in ctx.web]
+        if part.failed:
+            mark = any(r.failed and r.task.startswith("verify:")
+                       for h in part.hosts.values() for r in h.results)
+            if mark:
+                ctx.emit(Phase.VERIFY, EventKind.FAILED, hosts=names, color=idle,
+                         detail=first_failure(part))
+            hosts = self.after_failure(ctx, idle, mark=mark)
+            return self._rolled_back(run, hosts, idle, active, part)
+        try:  # subscribers (post_switch hooks) may still reject the release
+            ctx.emit(Phase.VERIFY, EventKind.FINISHED, hosts=names, color=idle)
+        except DeployError as exc:
+            run.fail_host(names[0] if names else "?", "verify: after the switch", str(exc))
+            if active is not None:
+                run.run(Phase.AFTER_FAILURE, [nginx.switch(
+                    ctx.runtime.app, active, colors=ctx.runtime.spec.ports,
+                    name=f"nginx: traffic back to {active}")], undo="none", color=active,
+                    checkpoint=False)
+            hosts = self.after_failure(ctx, idle, mark=True)
+            return self._rolled_back(run, hosts, idle, active, run.report,
+                                     why=f"rejected after the switch: {exc}")
+        self.finish(ctx, idle, active)
+        previous = fleet.hosts[ctx.web[0].name].active_release if ctx.web else None
+        if self.rolling_back and previous is not None and previous != release:
+            run.run(Phase.ROLLBACK, ctx.runtime.ledger_steps(
+                ReleaseState.ROLLED_BACK, release=previous, deploy_id=ctx.deploy_id,
+                reason=f"rolled back to {release}"), undo="none", checkpoint=False)
+        return run.outcome(self, "deployed", idle, active,
+                           f"{release} serves on {idle}" + (f"; {active} stopped"
+                                                            if active else ""))
+
+    def _rolled_back(self, run: PhaseRunner, hosts: dict[str, HostOutcome], idle: str,
+                     active: str | None, part: RunReport, why: str | None = None
+                     ) -> DeployOutcome:
+        release = run.ctx.runtime.release_id
+        why = why or first_failure(part)
+        stuck = [o for o in hosts.values() if o.color == idle or not o.reachable]
+        if not stuck:
+            where = f"traffic switched back to {active or 'nothing'}"
+        else:
+            fine = [n for n, o in hosts.items() if o not in stuck]
+            where = (f"traffic switched back to {active or 'nothing'}"
+                     + (f" on {', '.join(fine)}" if fine else " on no host")
+                     + "; NOT switched back: " + "; ".join(o.describe() for o in stuck))
+        return run.outcome(self, "rolled_back", active, active,
+                           f"{release} failed the switch to {idle}: {why}; {where}",
+                           hosts=hosts)
+
+    def _drifted(self, ctx: StrategyContext, run: PhaseRunner, active: str) -> bool:
+        """True when re-installing and starting the live release on ``active`` would
+        change something (planned in check mode: nothing is written)."""
+        steps = ctx.runtime.install_steps(active) + ctx.runtime.start_steps(active)
+        probe = replace(ctx, check=True)
+        part = PhaseRunner(probe).run(Phase.INSPECT, steps, color=active, checkpoint=False)
+        run.report.merge(part)
+        return part.failed or any(r.changed for h in part.hosts.values() for r in h.results)
+
+    def _already_live(self, ctx: StrategyContext, run: PhaseRunner, fleet: FleetState,
+                      active: str) -> DeployOutcome:
+        """The live release is this one, unchanged: nothing to do once it is verified;
+        a release never verified (a crash after the switch) is verified now."""
+        release = ctx.runtime.release_id
+        unverified = [n for n, s in fleet.hosts.items()
+                      if s.state_of(release) != ReleaseState.VERIFIED]
+        if not unverified:
+            return run.outcome(self, "unchanged", active, active,
+                               f"{release} already serves on {active}")
+        if ctx.check:
+            return run.outcome(self, "checked", active, active,
+                               f"{release} serves on {active} but never passed "
+                               f"verification on {', '.join(unverified)}: would verify it")
+        if self.verify(ctx, active):
+            old = other(active)
+            running = any(s.colors.get(old) and s.colors[old].running
+                          for s in fleet.hosts.values())
+            self.finish(ctx, active, old if running else None)
+            return run.outcome(self, "deployed", active, old,
+                               f"{release} serves on {active}: verified now (it served "
+                               f"unverified on {', '.join(unverified)})")
+        return self._switch_back_unverified(ctx, run, fleet, active)
+
+    def _switch_back_unverified(self, ctx: StrategyContext, run: PhaseRunner,
+                                fleet: FleetState, active: str) -> DeployOutcome:
+        """An unverified live release failed verification: the old colour is started
+        (when stopped), gated and takes the traffic back; the release is ``failed``."""
+        runtime, release, old = ctx.runtime, ctx.runtime.release_id, other(active)
+        for host in ctx.web:
+            state = fleet.hosts[host.name]
+            part = run.run(Phase.AFTER_FAILURE, runtime.resume_steps(old, state)
+                           + runtime.gate_steps(old), [host], undo="none", color=old)
+            if part.failed:
+                continue
+            run.run(Phase.AFTER_FAILURE, [nginx.switch(runtime.app, old, colors=runtime.spec.ports,
+                                                       name=f"nginx: traffic to {old}")],
+                    [host], undo="host", color=old, checkpoint=False)
+        hosts = self.after_failure(ctx, active, mark=True)
+        return run.outcome(self, "rolled_back", old, active,
+                           f"{release} served on {active} without having passed "
+                           f"verification and failed it now; "
+                           + "; ".join(o.describe() for o in hosts.values()), hosts=hosts)
+
+    def _repair(self, ctx: StrategyContext, run: PhaseRunner, fleet: FleetState) -> str | None:
+        """Each host whose live release is not its last verified one goes back to the
+        colour holding that release (started and gated first); the release it leaves is
+        recorded ``failed`` unless it was verified. Returns why it could not, or None."""
+        runtime = ctx.runtime
+        started = time.monotonic()
+        targets: dict[str, str | None] = {}
+        for host in ctx.web:
+            entries = ledger.read(ctx.conn(host.name), runtime.ledger_path)
+            stack = [r for r in ledger.serving_stack(entries)
+                     if ledger.states(entries).get(r) != ReleaseState.FAILED]
+            targets[host.name] = stack[-1] if stack else None
+        if None in targets.values() or len(set(targets.values())) > 1:
+            shown = ", ".join(f"{n} {t or 'none'}" for n, t in targets.items())
+            return (f"the fleet is split and its hosts' last verified releases differ "
+                    f"({shown}); nothing was changed")
+        target = next(iter(targets.values()))
+        for host in ctx.web:
+            state = fleet.hosts[host.name]
+            if state.active_release == target:
+                continue
+            holder = next((c for c, s in state.colors.items() if s.release == target), None)
+            if holder is None:
+                return (f"{host.name}: no colour holds {target}, its last verified release; "
+                        f"deploy {target} to converge")
+            steps = (runtime.resume_steps(holder, state) + runtime.gate_steps(holder)
+                     + [nginx.switch(runtime.app, holder, colors=runtime.spec.ports,
+                                     name=f"nginx: traffic to {holder}")])
+            part = run.run(Phase.REPAIR, steps, [host], undo="host", color=holder)
+            if part.failed:
+                return f"repairing {host.name} failed: {first_failure(part)}"
+            left = state.active_release
+            if left is not None and state.state_of(left) != ReleaseState.VERIFIED:
+                run.run(Phase.REPAIR, runtime.ledger_steps(
+                    ReleaseState.FAILED, release=left, deploy_id=ctx.deploy_id,
+                    reason=f"left serving unverified; repaired to {target}"),
+                    [host], undo="none", checkpoint=False)
+            if state.active is not None and state.active != holder:
+                run.run(Phase.REPAIR, runtime.stop_steps(state.active), [host], undo="none",
+                        checkpoint=False)
+        run.timed(Phase.REPAIR, started)
+        return None
+
+
+# -- plain Python entry points ----------------------------------------------------------------
+
+
+@contextmanager
+def open_context(spec: ReleaseSpec | ComposeSpec, web: Sequence[Host], db: Host | None, *,
+                 deploy_id: str, check: bool = False, reporter: Reporter | None = None,
+                 forks: int = 10, runtime: Runtime | None = None, extra: Sequence[Host] = ()
+                 ) -> Iterator[StrategyContext | DeployError]:
+    """Open one connection per host (``web``, ``db`` and ``extra``: a balancer) and yield a
+    context over them (closed after), or the first connection error."""
+    hosts = list(web) + [h for h in (db, *extra) if h is not None and h not in web]
+    opened = connect_all(hosts)
+    conns = {n: c for n, c in opened.items() if isinstance(c, Connection)}
+    try:
+        errors = [e for e in opened.values() if isinstance(e, DeployError)]
+        if errors:
+            yield errors[0]
+            return
+        yield StrategyContext(conns, deploy_id, list(web), runtime or make_runtime(spec), db,
+                              reporter or NullReporter(), check, forks=forks)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def database_hook(runner: Callable[[StrategyContext], PhaseRunner],
+                  spec: ReleaseSpec | ComposeSpec, db: Host) -> Callable[[StrategyContext], None]:
+    """The library's ``post_install``: the database exists, ``SELECT 1``, Redis ``PING``,
+    then the artifact's SQL migrations (a phase ``database`` on ``db``)."""
+    def hook(ctx: StrategyContext) -> None:
+        assert isinstance(spec, ReleaseSpec) and spec.database
+        with tempfile.TemporaryDirectory(prefix="deploykit-bluegreen-") as work:
+            steps: StepList = [
+                postgres.database(spec.database),
+                postgres.query_check(spec.database, "SELECT 1", expect=1,
+                                     name="health gate: database SELECT 1"),
+                redis.ping(),
+            ]
+            directory = unpack_migrations(spec.artifact, Path(work) / "migrations")
+            if migrations.load_migrations(directory):
+                steps.append(migrations.migrate(directory, database=spec.database,
+                                                deploy_id=ctx.deploy_id))
+            part = runner(ctx).run("database", steps, [db], undo="host", checkpoint=False)
+        if part.failed:
+            raise DeployError(f"database phase failed: {first_failure(part)}")
+    return hook
+
+
+def _unreachable(error: DeployError, deploy_id: str) -> DeployOutcome:
+    report = RunReport(run_id=deploy_id)
+    report.mark_unreachable(error.host or "?", str(error))
+    report.finish()
+    return DeployOutcome("failed", None, None, report,
+                         message=f"unreachable hosts ({error}); nothing was changed")
+
+
+def deploy(plan: ReleaseSpec | ComposeSpec, web: Sequence[Host], db: Host | None = None, *,
            deploy_id: str, check: bool = False, reporter: Reporter | None = None,
            forks: int = 10) -> DeployOutcome:
-    """Deploy ``plan.artifact`` blue/green to the ``web`` hosts (see the module docstring).
+    """Deploy ``plan`` blue/green to the ``web`` hosts (see the module docstring), over
+    connections this opens and closes. Never raises for a failure on the hosts."""
+    strategy = BlueGreenStrategy()
+    with open_context(plan, web, db, deploy_id=deploy_id, check=check, reporter=reporter,
+                      forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        if db is not None and isinstance(plan, ReleaseSpec) and plan.database:
+            ctx.post_install = database_hook(strategy.runner_for, plan, db)
+        return strategy.run(ctx)
 
-    Never raises for a failure on the hosts: the :class:`DeployOutcome` says
-    what happened (``deployed``, ``unchanged``, ``failed`` before the switch,
-    ``rolled_back`` after it, or ``checked``) and where traffic is.
-    """
-    return _Deploy(plan, web, db, deploy_id=deploy_id, check=check,
-                   reporter=reporter or NullReporter(), forks=forks).run()
+
+def rollback(plan: ReleaseSpec | ComposeSpec, web: Sequence[Host], *, deploy_id: str,
+             to: str | None = None, reporter: Reporter | None = None,
+             forks: int = 10) -> DeployOutcome:
+    """Roll back to what served before the live release (or ``to``, which must have
+    passed verification on every host): the ledger's target, brought back with the
+    files and environment it served with, through the same gates as a deploy."""
+    with open_context(plan, web, None, deploy_id=deploy_id, reporter=reporter,
+                      forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        ctx.runtime = target_runtime(ctx, to)
+        return BlueGreenStrategy().rollback(ctx)
+
+
+def target_runtime(ctx: StrategyContext, to: str | None = None) -> Runtime:
+    """The runtime of the rollback target (the ledger's, or ``to``) on ``ctx``'s hosts.
+
+    Raises :class:`~deploykit.errors.ConfigError` when there is none, the hosts differ,
+    or ``to`` never passed verification."""
+    runtime = ctx.runtime
+    ledgers = {h.name: ledger.read(ctx.conn(h.name), runtime.ledger_path) for h in ctx.web}
+    live = {h.name: runtime.inspect(ctx.conn(h.name), h).active_release for h in ctx.web}
+    target = ledger.fleet_target(ledgers, live, to)
+    return runtime.for_release(ctx.connections[ctx.web[0].name], target,
+                               ledger.entry_of(ledgers[ctx.web[0].name], target,
+                                               ReleaseState.VERIFIED))
+
+
+def repair(plan: ReleaseSpec | ComposeSpec, web: Sequence[Host], *, deploy_id: str,
+           reporter: Reporter | None = None, forks: int = 10) -> DeployOutcome:
+    """Converge a split fleet (a host lost mid-switch) to its last verified release."""
+    with open_context(plan, web, None, deploy_id=deploy_id, reporter=reporter,
+                      forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        return BlueGreenStrategy().repair(ctx)
+

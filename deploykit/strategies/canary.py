@@ -53,8 +53,11 @@ from typing import Any, Literal
 
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
-from deploykit.report import NullReporter, Reporter
+from deploykit.report import Reporter
 from deploykit.result import Result, RunReport, Status
+from deploykit.runner import Step
+from deploykit.runtimes.compose import ComposeSpec
+from deploykit.runtimes.release import ReleaseSpec
 from deploykit.strategies.analysis import (
     AccessLog,
     Comparison,
@@ -64,11 +67,22 @@ from deploykit.strategies.analysis import (
     access_log,
     compare,
 )
-from deploykit.strategies.bluegreen import BlueGreen, DeployOutcome, _Deploy, other
+from deploykit.strategies.base import (
+    DeployOutcome,
+    FleetState,
+    ReleaseState,
+    StepList,
+    Strategy,
+    StrategyContext,
+    other,
+)
+from deploykit.strategies.bluegreen import BlueGreenStrategy, database_hook, open_context
+from deploykit.strategies.phases import PhaseRunner, first_failure
 from deploykit.task import Task
-from deploykit.tasks import nginx, releases, services
+from deploykit.tasks import nginx
 
-__all__ = ["Canary", "CanaryOutcome", "StepReport", "abort", "deploy", "promote"]
+__all__ = ["Canary", "CanaryOutcome", "CanaryStrategy", "StepReport", "abort", "deploy",
+           "promote"]
 
 Traffic = Callable[[float], object]
 CanaryResult = Literal["deployed", "unchanged", "failed", "rolled_back", "paused", "checked"]
@@ -84,7 +98,7 @@ class Canary:
     windows a step may wait for ``thresholds.min_requests`` canary requests.
     """
 
-    release: BlueGreen
+    release: ReleaseSpec | ComposeSpec
     steps: Sequence[int] = (5, 25, 50, 100)
     window: float = 60.0
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -183,42 +197,35 @@ class _StepAborted(DeployError):
     """A step could not be analysed (a read failed): roll back without a verdict."""
 
 
-class _Canary(_Deploy):
-    """One canary run over the web hosts (the blue/green deploy's phases and steps)."""
+class _Canary:
+    """One canary run over the web hosts, on the context's connections (the blue/green
+    strategy's prepare and steps, any runtime)."""
 
-    def __init__(self, canary: Canary, web: Sequence[Host], db: Host | None, *,
-                 deploy_id: str, check: bool, reporter: Reporter, forks: int,
+    def __init__(self, canary: Canary, ctx: StrategyContext, *,
                  traffic: Traffic | None = None, pause: bool | int = False) -> None:
-        super().__init__(canary.release, web, db, deploy_id=deploy_id, check=check,
-                         reporter=reporter, forks=forks)
         if not isinstance(pause, bool) and pause not in canary.steps:
             raise ConfigError(f"pause={pause!r}: not one of the steps {list(canary.steps)}")
         self.canary = canary
+        self.ctx = ctx
+        self.runtime = ctx.runtime
+        self.plan = ctx.runtime.spec
+        self.web = list(ctx.web)
+        self.conns = ctx.connections
+        self.reporter = ctx.reporter
+        self.check = ctx.check
+        self.bluegreen = BlueGreenStrategy()
+        self.runner = self.bluegreen.phases = PhaseRunner(ctx)
+        self.report = self.runner.report
+        self.phases = self.runner.phases
         self.traffic = traffic
         self.pause = pause
         self.window = LogWindow(canary.log)
         self.reports: list[StepReport] = []
-        self.action: Callable[[], CanaryOutcome] | None = None
-        self.final: CanaryOutcome | None = None
 
-    # -- the run ------------------------------------------------------------------------
-
-    def execute(self, action: Callable[[], CanaryOutcome]) -> CanaryOutcome:
-        """Run ``action`` over one connection per host (blue/green's :meth:`run` opens and
-        closes them): its outcome, or ``failed`` when a host is unreachable."""
-        self.action = action
-        base = self.run()
-        if self.final is not None:
-            return self.final
-        return CanaryOutcome(base.result, base.color, base.previous, base.report, base.phases,
-                             base.message, self.reports)
-
-    def _run(self, plan: BlueGreen) -> DeployOutcome:
-        """Called by :meth:`run` with every connection open."""
-        assert self.action is not None
-        final = self.final = self.action()
-        return DeployOutcome("deployed" if final.ok else "failed", final.color, final.previous,
-                             final.report, final.phases, final.message)
+    def phase(self, name: str, steps: Sequence[Task | Step], hosts: Sequence[Host], *,
+              undo: Literal["host", "fleet", "none"] = "fleet") -> RunReport:
+        """Run one phase over the context's connections."""
+        return self.runner.run(name, list(steps), hosts, undo=undo)
 
     def done(self, result: CanaryResult, color: str | None, previous: str | None,
              message: str, step: int | None = None) -> CanaryOutcome:
@@ -229,17 +236,24 @@ class _Canary(_Deploy):
 
     def inspect(self) -> str | None:
         """The active (stable) colour, the same on every web host; raises DeployError."""
-        app = self.plan.app
-        actives = {h.name: nginx.active_color(self.conns[h.name], app) for h in self.web}
-        if len(set(actives.values())) > 1:
-            shown = ", ".join(f"{h} {c or 'none'}" for h, c in actives.items())
+        fleet = self.bluegreen.inspect(self.ctx)
+        if len(set(fleet.actives.values())) > 1:
+            shown = ", ".join(f"{h} {c or 'none'}" for h, c in fleet.actives.items())
             raise DeployError(f"active colours differ across the fleet ({shown}); switch "
                               "them to one colour first")
-        return next(iter(actives.values()), None)
+        self.fleet = fleet
+        return fleet.active
+
+    def _already_live(self, stable: str) -> bool:
+        """True when every host's stable colour holds this release, verified."""
+        release = self.runtime.release_id
+        return all(s.active_release == release and s.state_of(release) == ReleaseState.VERIFIED
+                   for s in self.fleet.hosts.values())
 
     def deploy(self) -> CanaryOutcome:
         """A new canary: prepare it, then the steps (see the module docstring)."""
-        plan, steps = self.plan, self.canary.steps
+        steps, runtime = self.canary.steps, self.runtime
+        release = runtime.release_id
         try:
             stable = self.inspect()
             live = stable is not None and self._already_live(stable)
@@ -247,34 +261,35 @@ class _Canary(_Deploy):
             return self.done("failed", None, None, str(exc))
         if stable is None:
             return self.done("failed", None, None,
-                             f"no colour of {plan.app} serves traffic: a canary needs a stable "
-                             "release beside it (deploy the first one with bluegreen.deploy)")
+                             f"no colour of {runtime.app} serves traffic: a canary needs a "
+                             "stable release beside it (deploy the first one with "
+                             "bluegreen.deploy)")
         if live:
-            part = self.phase("re-assert", self.switch_steps(stable, verify=False), self.web)
+            part = self.phase("re-assert", [nginx.switch(runtime.app, stable,
+                                                         colors=self.plan.ports)], self.web)
             if part.failed:
                 return self.done("failed", stable, stable,
                                  "re-asserting the live release failed; see the report")
             changed = any(r.changed for h in part.hosts.values() for r in h.results)
             return self.done("deployed" if changed else "unchanged", stable, stable,
-                             f"{plan.release_id} already serves on {stable}"
+                             f"{release} already serves on {stable}"
                              + ("; traffic re-asserted" if changed else ""))
         canary = other(stable)
         if self.check:
-            self.phase("prepare (check)", [access_log(self.canary.log), *self.env_steps(),
-                                           releases.install(plan.app, plan.artifact),
+            self.phase("prepare (check)", [access_log(self.canary.log),
+                                           *runtime.check_steps(canary)[:-1],
                                            self.weights(stable, canary, steps[0])], self.web)
             return self.done("checked", stable, stable,
-                             f"would deploy {plan.release_id} to {canary} and shift traffic "
+                             f"would deploy {release} to {canary} and shift traffic "
                              f"from {stable} in steps of {', '.join(map(str, steps))} %")
-        if self.db is not None and plan.database:
-            if self.phase("database", self.database_steps(), [self.db], undo="host").failed:
-                return self.done("failed", stable, stable,
-                                 "database phase failed; traffic was not moved")
-        if self.phase("prepare", [access_log(self.canary.log),
-                                  *self.prepare_steps(canary, gate=True)], self.web).failed:
+        if self.phase("canary: access log", [access_log(self.canary.log)], self.web).failed:
+            return self.done("failed", stable, stable, "setting up the access log failed; "
+                             "traffic was not moved")
+        failure = self.bluegreen.prepare(self.ctx, self.fleet, canary)
+        if failure is not None:
             return self.done("failed", stable, stable,
-                             f"{plan.release_id} failed before taking traffic on {canary}; "
-                             f"traffic stays on {stable}")
+                             f"{release} failed before taking traffic on {canary}: "
+                             f"{failure}; traffic stays on {stable}")
         return self.advance(stable, canary, 0)
 
     def resume(self, full: bool) -> CanaryOutcome:
@@ -282,7 +297,7 @@ class _Canary(_Deploy):
         try:
             stable = self.inspect()
             if stable is None:
-                raise DeployError(f"no colour of {self.plan.app} serves traffic: no canary "
+                raise DeployError(f"no colour of {self.runtime.app} serves traffic: no canary "
                                   "to promote")
             canary = other(stable)
             weight = self.current_weight(stable, canary)
@@ -298,8 +313,8 @@ class _Canary(_Deploy):
         try:
             stable = self.inspect()
             if stable is None:
-                raise DeployError(f"no colour of {self.plan.app} serves traffic: nothing to "
-                                  "abort")
+                raise DeployError(f"no colour of {self.runtime.app} serves traffic: nothing "
+                                  "to abort")
         except DeployError as exc:
             return self.done("failed", None, None, str(exc))
         canary = other(stable)
@@ -341,7 +356,7 @@ class _Canary(_Deploy):
             if verdict.status == "inconclusive":
                 if self.canary.on_inconclusive == "pause":
                     return self.done("paused", stable, stable,
-                                     f"{self.plan.release_id} held at {weight} %: "
+                                     f"{self.runtime.release_id} held at {weight} %: "
                                      f"{'; '.join(verdict.reasons)}", weight)
                 return self.roll_back(stable, canary, f"no verdict at {weight} %: "
                                       f"{'; '.join(verdict.reasons)}", weight, mark=False)
@@ -349,7 +364,7 @@ class _Canary(_Deploy):
                 self.pause is not False and self.pause == weight)
             if hold:
                 return self.done("paused", stable, stable,
-                                 f"{self.plan.release_id} passed {weight} % on {canary} and is "
+                                 f"{self.runtime.release_id} passed {weight} % on {canary} and is "
                                  "held there: promote or abort it", weight)
         return self.promote_now(stable, canary)
 
@@ -407,15 +422,14 @@ class _Canary(_Deploy):
 
     def current_weight(self, stable: str, canary: str) -> int:
         """The canary's weight (%) on the hosts, which must agree and run this release."""
-        app, release_id = self.plan.app, self.plan.release_id
+        app, release_id = self.runtime.app, self.runtime.release_id
         upstream_file = nginx.DEFAULT_SETTINGS.upstream_file(app)
         address = self.canary.address(canary)
         found: dict[str, int] = {}
         for host in self.web:
             conn = self.conns[host.name]
-            live = [i for i in releases.list_releases(conn, app) if canary in i.links]
-            if not live or live[0].release_id != release_id:
-                running = live[0].release_id if live else "nothing"
+            running = self.fleet.hosts[host.name].colors[canary].release or "nothing"
+            if running != release_id:
                 raise DeployError(f"{host.name}: the {canary} colour runs {running}, not "
                                   f"{release_id}: no canary of it to continue")
             text = conn.run(["cat", "--", upstream_file], write=False, check=False).stdout
@@ -448,15 +462,14 @@ class _Canary(_Deploy):
                   mark: bool) -> CanaryOutcome:
         """All traffic back to ``stable``, the canary stopped (and its release marked
         failed when ``mark``)."""
-        plan = self.plan
-        steps: list[Task] = [
-            nginx.switch(plan.app, stable, colors=plan.ports,
-                         name=f"nginx: traffic back to {stable}"),
-            services.service(plan.program(canary), "stopped", name=f"stop {canary}"),
-        ]
+        plan, runtime = self.plan, self.runtime
+        steps: StepList = [nginx.switch(plan.app, stable, colors=plan.ports,
+                                        name=f"nginx: traffic back to {stable}"),
+                           *runtime.stop_steps(canary)]
         if mark:
-            steps.append(releases.mark_failed(plan.app, plan.release_id,
-                                              reason=f"canary failed at {weight} %"))
+            steps += runtime.ledger_steps(ReleaseState.FAILED, color=canary,
+                                          deploy_id=self.ctx.deploy_id,
+                                          reason=f"canary failed at {weight} %")
         part = self.phase("roll back", steps, self.web, undo="none")
         if part.failed:
             hosts = ", ".join(h for h, r in part.hosts.items() if r.failed)
@@ -464,37 +477,38 @@ class _Canary(_Deploy):
                              f"ROLLBACK FAILED on {hosts} (see the report) after: {reason}",
                              weight)
         return self.done("rolled_back", stable, stable,
-                         f"{plan.release_id} rolled back: {reason}; traffic on {stable}, "
+                         f"{runtime.release_id} rolled back: {reason}; traffic on {stable}, "
                          f"{canary} stopped", weight)
 
     def promote_now(self, stable: str, canary: str) -> CanaryOutcome:
         """Every step passed: the canary colour becomes the active one (then, with a
         ``verify_suite``, its ``post_switch`` tests: failing, everything is rolled back)."""
-        plan = self.plan
-        steps: list[Task] = [
+        plan, runtime, deploy_id = self.plan, self.runtime, self.ctx.deploy_id
+        steps: StepList = [
             nginx.switch(plan.app, canary, colors=plan.ports,
                          name=f"nginx: all traffic to {canary}"),
-            releases.switch(plan.app, plan.release_id),
+            *runtime.ledger_steps(ReleaseState.LIVE, color=canary, deploy_id=deploy_id),
         ]
-        gate = self.suite_step("post_switch", canary, plan.ports[canary])
+        gate = self.runner.suite_step("post_switch", canary, plan.ports[canary])
         if gate is not None:
             steps.append(gate)
-        steps.append(releases.cleanup(plan.app, keep=plan.keep_releases))
+        steps += runtime.ledger_steps(ReleaseState.VERIFIED, color=canary, deploy_id=deploy_id)
+        steps += runtime.finish_steps(canary)
         part = self.phase("promote", steps, self.web)
         if part.failed:
             if gate is not None and any(r.failed and r.task == gate.name
                                         for h in part.hosts.values() for r in h.results):
                 # the promote phase's undo put the last step's weights back
                 return self.roll_back(stable, canary, f"post-switch verification failed: "
-                                      f"{self.why(part)}", self.canary.steps[-1], mark=True)
+                                      f"{first_failure(part)}", self.canary.steps[-1],
+                                      mark=True)
             return self.done("failed", None, stable,
-                             f"promoting {plan.release_id} failed (see the report); the "
+                             f"promoting {runtime.release_id} failed (see the report); the "
                              "upstream keeps the last step's weights")
         time.sleep(plan.grace_seconds)
-        self.phase("stop old colour", [services.service(plan.program(stable), "stopped",
-                                                        name=f"stop {stable}")], self.web)
+        self.phase("stop old colour", runtime.stop_steps(stable), self.web)
         return self.done("deployed", canary, stable,
-                         f"{plan.release_id} promoted to {canary}; {stable} stopped",
+                         f"{runtime.release_id} promoted to {canary}; {stable} stopped",
                          self.canary.steps[-1])
 
 
@@ -518,9 +532,15 @@ def deploy(canary: Canary, web: Sequence[Host], db: Host | None = None, *, deplo
     Never raises for a failure on the hosts: the :class:`CanaryOutcome` says what
     happened, where traffic is, and every step's figures.
     """
-    run = _Canary(canary, web, db, deploy_id=deploy_id, check=check,
-                  reporter=reporter or NullReporter(), forks=forks, traffic=traffic, pause=pause)
-    return run.execute(run.deploy)
+    with open_context(canary.release, web, db, deploy_id=deploy_id, check=check,
+                      reporter=reporter, forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        run = _Canary(canary, ctx, traffic=traffic, pause=pause)
+        if db is not None and isinstance(canary.release, ReleaseSpec) \
+                and canary.release.database:
+            ctx.post_install = database_hook(lambda c: run.runner, canary.release, db)
+        return run.deploy()
 
 
 def promote(canary: Canary, web: Sequence[Host], *, deploy_id: str, full: bool = False,
@@ -532,15 +552,87 @@ def promote(canary: Canary, web: Sequence[Host], *, deploy_id: str, full: bool =
     ``pause`` holds again (True: after the next step). Fails without changing anything
     when the hosts hold no canary of this release or disagree on its weight.
     """
-    run = _Canary(canary, web, None, deploy_id=deploy_id, check=False,
-                  reporter=reporter or NullReporter(), forks=forks, traffic=traffic, pause=pause)
-    return run.execute(lambda: run.resume(full))
+    with open_context(canary.release, web, None, deploy_id=deploy_id, reporter=reporter,
+                      forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        return _Canary(canary, ctx, traffic=traffic, pause=pause).resume(full)
 
 
 def abort(canary: Canary, web: Sequence[Host], *, deploy_id: str,
           reporter: Reporter | None = None, forks: int = 10) -> CanaryOutcome:
     """Roll a canary of ``canary.release`` back: all traffic to the stable colour, the
     canary's program stopped; the release is not marked failed. Idempotent."""
-    run = _Canary(canary, web, None, deploy_id=deploy_id, check=False,
-                  reporter=reporter or NullReporter(), forks=forks)
-    return run.execute(run.abort)
+    with open_context(canary.release, web, None, deploy_id=deploy_id, reporter=reporter,
+                      forks=forks) as ctx:
+        if isinstance(ctx, DeployError):
+            return _unreachable(ctx, deploy_id)
+        return _Canary(canary, ctx).abort()
+
+
+def _unreachable(error: DeployError, deploy_id: str) -> CanaryOutcome:
+    report = RunReport(run_id=deploy_id)
+    report.mark_unreachable(error.host or "?", str(error))
+    report.finish()
+    return CanaryOutcome("failed", None, None, report,
+                         message=f"unreachable hosts ({error}); nothing was changed")
+
+
+class CanaryStrategy(Strategy):
+    """Canary deploys on the :class:`~deploykit.strategies.base.Strategy` protocol, on any
+    runtime whose colours listen on ports nginx weighs (``ctx.runtime.spec.ports``).
+
+    The settings are :class:`Canary`'s (``release`` comes from the context). ``pause``
+    and ``traffic`` as for :func:`deploy`; :meth:`promote` and :meth:`abort` continue or
+    roll back a paused canary over the same kind of context."""
+
+    name = "canary"
+
+    def __init__(self, *, steps: Sequence[int] = (5, 25, 50, 100), window: float = 60.0,
+                 thresholds: Thresholds | None = None, max_extensions: int = 2,
+                 on_inconclusive: Literal["rollback", "pause"] = "rollback",
+                 log: AccessLog | None = None, pause: bool | int = False,
+                 traffic: Traffic | None = None) -> None:
+        self.settings = dict(steps=tuple(steps), window=window,
+                             thresholds=thresholds or Thresholds(),
+                             max_extensions=max_extensions, on_inconclusive=on_inconclusive,
+                             log=log or AccessLog())
+        self.pause = pause
+        self.traffic = traffic
+
+    def canary(self, ctx: StrategyContext) -> Canary:
+        """The :class:`Canary` of ``ctx``'s release with these settings."""
+        spec = ctx.runtime.spec
+        assert isinstance(spec, ReleaseSpec | ComposeSpec)
+        return Canary(spec, **self.settings)  # type: ignore[arg-type]
+
+    def inspect(self, ctx: StrategyContext) -> FleetState:
+        """As blue/green's: the stable colour is the active one."""
+        return BlueGreenStrategy().inspect(ctx)
+
+    def run(self, ctx: StrategyContext) -> CanaryOutcome:  # type: ignore[override]
+        """Prepare the canary colour, then the weighted, analysed steps."""
+        return _Canary(self.canary(ctx), ctx, traffic=self.traffic, pause=self.pause).deploy()
+
+    def promote(self, ctx: StrategyContext, *, full: bool = False) -> CanaryOutcome:
+        """Continue a paused canary (``full``: straight to 100 %)."""
+        return _Canary(self.canary(ctx), ctx, traffic=self.traffic,
+                       pause=self.pause).resume(full)
+
+    def status(self, ctx: StrategyContext) -> tuple[str, str, int]:
+        """``(stable colour, canary colour, canary weight %)`` of a canary of
+        ``ctx.runtime``'s release in progress; raises DeployError when there is none or the
+        hosts disagree."""
+        run = _Canary(self.canary(ctx), ctx)
+        stable = run.inspect()
+        if stable is None:
+            raise DeployError(f"no colour of {ctx.runtime.app} serves traffic: no canary")
+        return stable, other(stable), run.current_weight(stable, other(stable))
+
+    def abort(self, ctx: StrategyContext) -> CanaryOutcome:
+        """Roll a paused canary back (the release is not marked failed)."""
+        return _Canary(self.canary(ctx), ctx).abort()
+
+    def rollback(self, ctx: StrategyContext) -> DeployOutcome:
+        """A rollback is a blue/green one (the target needs no canary analysis)."""
+        return BlueGreenStrategy().rollback(ctx)

@@ -48,21 +48,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from deploykit.artifacts import Artifact
-from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError
 from deploykit.inventory import Host
 from deploykit.journal import RUNS_DIR
-from deploykit.report import NullReporter, Reporter
+from deploykit.report import Reporter
 from deploykit.result import Result, RunReport, Status
 from deploykit.runner import batches
 from deploykit.secrets import Secret
-from deploykit.strategies.bluegreen import BlueGreen, DeployOutcome, Outcome, _Deploy
+from deploykit.strategies.base import (
+    ColourState,
+    FleetState,
+    HostState,
+    Outcome,
+    Strategy,
+    StrategyContext,
+)
+from deploykit.strategies.bluegreen import BlueGreen, database_hook, open_context
+from deploykit.strategies.phases import PhaseRunner, first_failure
 from deploykit.task import Task
-from deploykit.tasks import http, nginx, releases, services
+from deploykit.tasks import files, http, nginx, releases, services
 
-__all__ = ["Rolling", "RollingOutcome", "deploy"]
+__all__ = ["Rolling", "RollingOutcome", "RollingStrategy", "deploy"]
 
 
 @dataclass(frozen=True)
@@ -168,15 +177,18 @@ class RollingOutcome:
         return self.result in ("deployed", "unchanged", "checked")
 
 
-class _Rolling(_Deploy):
-    """One rolling deploy (the blue/green deploy's connections, report and phases)."""
+class _Rolling:
+    """One rolling deploy over the context's connections (web hosts, db, balancer)."""
 
-    def __init__(self, plan: Rolling, web: Sequence[Host], db: Host | None,
-                 balancer: Host | None, *, deploy_id: str, check: bool, reporter: Reporter,
-                 forks: int) -> None:
-        super().__init__(plan.as_bluegreen(), web, db, deploy_id=deploy_id, check=check,
-                         reporter=reporter, forks=forks)
+    def __init__(self, plan: Rolling, ctx: StrategyContext, balancer: Host | None) -> None:
         self.rolling = plan
+        self.ctx = ctx
+        self.web = list(ctx.web)
+        self.db = ctx.db
+        self.conns = ctx.connections
+        self.check = ctx.check
+        self.runner = PhaseRunner(ctx)
+        self.report = self.runner.report
         self.balancer = balancer
         self.groups = batches(self.web, plan.serial)
         if balancer is not None and any(len(b) == len(self.web) for b in self.groups):
@@ -191,38 +203,47 @@ class _Rolling(_Deploy):
         self.broken: list[str] = []  # failed hosts their undo could not put back
         self.started: set[str] = set()
 
-    def outcome_of(self, base: DeployOutcome) -> RollingOutcome:
-        """The rolling outcome of a finished run."""
-        return RollingOutcome(base.result, base.report, [[h.name for h in b] for b in self.groups],
+    def phase(self, name: str, steps: Sequence[object], hosts: Sequence[Host], *,
+              undo: Literal["host", "fleet", "none"] = "fleet") -> RunReport:
+        """Run one phase over the context's connections."""
+        return self.runner.run(name, list(steps), hosts, undo=undo)  # type: ignore[arg-type]
+
+    def outcome(self, result: Outcome, message: str) -> RollingOutcome:
+        """The rolling outcome (the report is finished here)."""
+        self.report.finish()
+        return RollingOutcome(result, self.report, [[h.name for h in b] for b in self.groups],
                               self.updated, self.failed, self.rolled_back,
                               [h.name for h in self.web if h.name not in self.started],
-                              self.drained, base.phases, base.message)
+                              self.drained, self.runner.phases, message)
+
+    def env_steps(self) -> list[object]:
+        """The shared ``.env`` (one program per host: nothing else reads it)."""
+        p = self.rolling
+        shared = f"{releases.DEFAULT_ROOT}/{p.app}/shared"
+        env = p.env if isinstance(p.env, Secret) else Secret(p.env)
+        return [files.directory(shared, mode=0o755, recursive=True),
+                files.file(f"{shared}/.env", env, mode=p.env_mode,
+                           owner=p.env_owner or p.app_user, group=p.app_user)]
 
     # -- the deploy --------------------------------------------------------------------
 
-    def _run(self, plan: BlueGreen) -> DeployOutcome:
+    def run(self) -> RollingOutcome:
+        """The deploy (see the module docstring)."""
         rid = self.rolling.release_id
-        if self.balancer is not None and self.balancer.name not in self.conns:
-            try:
-                self.conns[self.balancer.name] = Connection(self.balancer).open()
-            except DeployError as exc:
-                self.report.mark_unreachable(self.balancer.name, str(exc))
-                return self.outcome("failed", None, None, "balancer unreachable; nothing was "
-                                    "changed")
         try:
             live = self.inspect()
         except DeployError as exc:
-            return self.outcome("failed", None, None, f"inspecting the hosts failed; nothing "
+            return self.outcome("failed", f"inspecting the hosts failed; nothing "
                                 f"was changed: {exc}")
         if all(live.values()):
             part = self.phase("re-assert", self.host_steps(gate=False), self.web)
             self.started.update(h.name for h in self.web)
             if part.failed:
-                return self.outcome("failed", None, None,
+                return self.outcome("failed",
                                     "re-asserting the live release failed; see the report")
             changed = any(r.changed for h in part.hosts.values() for r in h.results)
             self.updated = [h.name for h in self.web]
-            return self.outcome("deployed" if changed else "unchanged", None, None,
+            return self.outcome("deployed" if changed else "unchanged",
                                 f"{rid} already serves on every host"
                                 + ("; drift repaired" if changed else ""))
         if self.check:
@@ -231,16 +252,14 @@ class _Rolling(_Deploy):
                        self.web)
             if self.balancer is not None:
                 self.phase("balancer (check)", self.balancer_steps(), [self.balancer])
-            return self.outcome("checked", None, None,
-                                f"would deploy {rid} in {len(self.groups)} batch(es): "
+            return self.outcome("checked", f"would deploy {rid} in {len(self.groups)} batch(es): "
                                 + " | ".join(", ".join(h.name for h in b) for b in self.groups))
-        if self.db is not None and self.rolling.database:
-            if self.phase("database", self.database_steps(), [self.db], undo="host").failed:
-                return self.outcome("failed", None, None, "database phase failed; no web host "
-                                    "was touched")
+        failure = self.runner.post_install()
+        if failure is not None:
+            return self.outcome("failed", f"{failure}; no web host was touched")
         if self.balancer is not None and self.phase(
                 "balancer", self.balancer_steps(), [self.balancer], undo="host").failed:
-            return self.outcome("failed", None, None, f"setting up the balancer on "
+            return self.outcome("failed", f"setting up the balancer on "
                                 f"{self.balancer.name} failed; no web host was touched")
         for number, batch in enumerate(self.groups, 1):
             stop = self.run_batch(number, batch)
@@ -258,7 +277,7 @@ class _Rolling(_Deploy):
             message += (f"; failed within max_fail_percentage: {', '.join(self.failed)}"
                         + (f" (NOT put back: {', '.join(self.broken)})" if self.broken else
                            " (put back on their previous release)"))
-        return self.outcome("deployed", None, None, message)
+        return self.outcome("deployed", message)
 
     def inspect(self) -> dict[str, bool]:
         """Per host: already on this artifact? (and :attr:`previous`: ``current``'s release)."""
@@ -307,15 +326,15 @@ class _Rolling(_Deploy):
     def verify_batch(self, number: int, hosts: Sequence[Host]) -> str | None:
         """The ``post_switch`` tests on a batch's updated hosts (serving again): a reason
         to stop (and roll back) when one fails, else None."""
-        gate = self.suite_step("post_switch", None, self.rolling.port)
+        gate = self.runner.suite_step("post_switch", None, self.rolling.port)
         if gate is None or not hosts:
             return None
         part = self.phase(f"batch {number}: verify", [gate], hosts, undo="none")
         if not part.failed:
             return None
-        return f"post-switch verification failed: {self.why(part)}"
+        return f"post-switch verification failed: {first_failure(part)}"
 
-    def stop(self, number: int, reason: str) -> DeployOutcome:
+    def stop(self, number: int, reason: str) -> RollingOutcome:
         """Stop after batch ``number``: roll the updated hosts back, newest batch first."""
         stuck = list(self.broken)
         for index in range(number - 1, -1, -1):
@@ -334,7 +353,7 @@ class _Rolling(_Deploy):
             parts.append(f"not started: {', '.join(untouched)}")
         if stuck:
             parts.append(f"COULD NOT ROLL BACK: {', '.join(stuck)} (see the report)")
-        return self.outcome("failed" if stuck else "rolled_back", None, None, "; ".join(parts))
+        return self.outcome("failed" if stuck else "rolled_back", "; ".join(parts))
 
     def roll_back(self, number: int, hosts: Sequence[Host]) -> list[str]:
         """Roll one batch's updated hosts back; returns the hosts that could not be."""
@@ -392,7 +411,7 @@ class _Rolling(_Deploy):
         """Deploy the release on a host, health-gated (``gate``: and the suite's
         ``pre_switch`` tests)."""
         p = self.rolling
-        suite = self.suite_step("pre_switch", None, p.port) if gate else None
+        suite = self.runner.suite_step("pre_switch", None, p.port) if gate else None
         return [
             *self.env_steps(),
             releases.install(p.app, p.artifact),
@@ -460,6 +479,71 @@ def deploy(plan: Rolling, web: Sequence[Host], db: Host | None = None, *, deploy
     Raises :class:`ConfigError` before anything runs for a bad ``serial`` or a batch
     that would drain every host; never raises for a failure on the hosts.
     """
-    run = _Rolling(plan, web, db, balancer, deploy_id=deploy_id, check=check,
-                   reporter=reporter or NullReporter(), forks=forks)
-    return run.outcome_of(run.run())
+    batches(list(web), plan.serial)  # a bad serial is refused before any connection
+    extra = [balancer] if balancer is not None and balancer not in web else []
+    with open_context(plan.as_bluegreen(), web, db, deploy_id=deploy_id, check=check,
+                      reporter=reporter, forks=forks, extra=extra) as ctx:
+        if isinstance(ctx, DeployError):
+            report = RunReport(run_id=deploy_id)
+            report.mark_unreachable(ctx.host or "?", str(ctx))
+            report.finish()
+            return RollingOutcome("failed", report, [], message=f"unreachable hosts ({ctx}); "
+                                  "nothing was changed")
+        run = _Rolling(plan, ctx, balancer)
+        if db is not None and plan.database:
+            ctx.post_install = database_hook(lambda c: run.runner, plan.as_bluegreen(), db)
+        return run.run()
+
+
+class RollingStrategy(Strategy):
+    """Rolling deploys on the :class:`~deploykit.strategies.base.Strategy` protocol: the
+    context's runtime (a :class:`~deploykit.runtimes.release.ReleaseRuntime`) gives the
+    release; these settings say how to roll it out (see :class:`Rolling`)."""
+
+    name = "rolling"
+
+    def __init__(self, *, port: int = 8000, serial: int | str = 1,
+                 max_fail_percentage: float = 0.0, balancer: Host | None = None,
+                 balancer_name: str | None = None, balancer_listen: int | str = 80) -> None:
+        self.port = port
+        self.serial = serial
+        self.max_fail_percentage = max_fail_percentage
+        self.balancer = balancer
+        self.balancer_name = balancer_name
+        self.balancer_listen = balancer_listen
+
+    def plan(self, ctx: StrategyContext) -> Rolling:
+        """The :class:`Rolling` plan of ``ctx``'s release runtime with these settings."""
+        spec = ctx.runtime.spec
+        if not isinstance(spec, BlueGreen) or spec.env is None:
+            raise ConfigError("rolling deploys need the release runtime (runtime: release) "
+                              "with the environment's content")
+        return Rolling(spec.app, spec.artifact, spec.env, database=spec.database,
+                       port=self.port, command=spec.command, app_user=spec.app_user,
+                       health_path=spec.health_path, version_path=spec.version_path,
+                       health_retries=spec.health_retries, health_interval=spec.health_interval,
+                       serial=self.serial, max_fail_percentage=self.max_fail_percentage,
+                       balancer_name=self.balancer_name, balancer_listen=self.balancer_listen,
+                       server_name=spec.server_name, keep_releases=spec.keep_releases,
+                       startsecs=spec.startsecs, startretries=spec.startretries,
+                       env_mode=spec.env_mode, env_owner=spec.env_owner,
+                       verify_suite=spec.verify_suite, verify_timeout=spec.verify_timeout,
+                       verify_report_dir=spec.verify_report_dir)
+
+    def inspect(self, ctx: StrategyContext) -> FleetState:
+        """Each host's ``current`` release (one colour: ``active`` is None)."""
+        hosts = {}
+        for host in ctx.web:
+            infos = releases.list_releases(ctx.conn(host.name), ctx.runtime.app)
+            current = next((i.release_id for i in infos if "current" in i.links), None)
+            hosts[host.name] = HostState(host.name, None,
+                                         {"current": ColourState("current", current)})
+        return FleetState(hosts)
+
+    def run(self, ctx: StrategyContext) -> RollingOutcome:  # type: ignore[override]
+        """The rolling deploy over ``ctx`` (the balancer's connection must be in it)."""
+        return _Rolling(self.plan(ctx), ctx, self.balancer).run()
+
+    def rollback(self, ctx: StrategyContext) -> RollingOutcome:  # type: ignore[override]
+        """Roll ``ctx.runtime``'s (installed, earlier) release out again, batch by batch."""
+        return self.run(ctx)

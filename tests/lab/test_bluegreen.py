@@ -168,10 +168,11 @@ def _served(record: Callable[[str, object], None], name: str, load: LoadLoop,
 
 def test_v1_fresh_deploy_serves_on_blue(story: Story) -> None:
     outcome = story.deploy("v1")
-    assert outcome.result == "deployed", outcome.message
+    assert outcome.result == "deployed", (outcome.message, _failures(outcome))
     assert (outcome.color, outcome.previous) == ("blue", None)
     assert outcome.message == "v1 serves on blue"
-    assert list(outcome.phases) == ["inspect", "database", "prepare", "switch", "finish"]
+    assert list(outcome.phases) == ["inspect", "install", "database", "post_install", "start",
+                                    "switch", "finish"]
     assert 0 < outcome.gate_seconds < sum(outcome.phases.values())
     assert story.versions() == {"web-1": "v1", "web-2": "v1"}
     for h in story.web:
@@ -185,7 +186,8 @@ def test_v1_fresh_deploy_serves_on_blue(story: Story) -> None:
         assert not host.file(f"/etc/supervisor/conf.d/{APP}-green.conf").exists
         assert host.file(f"/etc/nginx/deploykit/{APP}.active").content_string == "blue\n"
         assert not host.file("/etc/nginx/sites-enabled/default").exists
-        env = host.file(f"/srv/{APP}/shared/.env")
+        env = host.file(host.file(f"/srv/{APP}/releases/v1/.env").linked_to)
+        assert env.path.startswith(f"/srv/{APP}/env/v1-"), env.path  # the release's own
         assert (env.mode, env.user, env.group) == (0o600, "www-data", "www-data")
     with pg.connect(story.ssh("db-1"), APP) as db:
         columns = [r[0] for r in db.execute(
@@ -202,9 +204,9 @@ def test_v1_to_v2_switches_without_a_failed_request(
     _served(record_property, "v1 -> v2", load, {"v1", "v2"})  # both, nothing else
     assert (outcome.color, outcome.previous) == ("green", "blue")
     assert outcome.message == "v2 serves on green; blue stopped"
-    assert list(outcome.phases) == ["inspect", "database", "prepare", "switch", "finish",
-                                    "stop old colour"]
-    assert list(outcome.waits) == ["database", "prepare", "switch"]  # gates, verification
+    assert list(outcome.phases) == ["inspect", "install", "database", "post_install", "start",
+                                    "switch", "finish", "stop_old"]
+    assert list(outcome.waits) == ["database", "start", "switch"]  # gates, verification
     assert all(0 < outcome.waits[p] < outcome.phases[p] for p in outcome.waits), \
         (outcome.waits, outcome.phases)  # wall time: hosts wait in parallel
     assert story.versions() == {"web-1": "v2", "web-2": "v2"}

@@ -21,9 +21,9 @@ import pytest
 
 from deploykit.connection import Connection
 from deploykit.inventory import Host, Inventory
+from deploykit.runtimes.compose import ComposeRelease, ComposeSpec
 from deploykit.secrets import Secret
-from deploykit.strategies import compose_bluegreen, phased
-from deploykit.strategies.compose_bluegreen import ComposeBlueGreen, ComposeRelease
+from deploykit.strategies import bluegreen, phased
 from deploykit.tasks import compose, http
 from deploykit.testing.composeapp import EXAMPLE, build_images
 from deploykit.testing.lab import Lab, LabHostSpec
@@ -73,16 +73,16 @@ def web(inventory: Inventory) -> list[Host]:
 
 
 def plan_for(version: str, images: dict[str, str], source: compose.ImageSource | None,
-             app: str = "shop") -> ComposeBlueGreen:
+             app: str = "shop") -> ComposeSpec:
     """Blue/green of the example app at ``version``; the image name is a release var."""
     release = ComposeRelease(version, COMPOSE_FILE, (images[version],),
                              {"IMAGE": images[version]})
-    return ComposeBlueGreen(app, release, {"API_TOKEN": TOKEN},
+    return ComposeSpec(app, release, {"API_TOKEN": TOKEN},
                             source=source, health_timeout=30, grace_seconds=0.5,
                             verify_requests=20)
 
 
-def failures(outcome: compose_bluegreen.DeployOutcome) -> str:
+def failures(outcome: bluegreen.DeployOutcome) -> str:
     """The outcome's message and every failed step's message, for assertion output."""
     return "\n".join([outcome.message, *(f"{r.host} {r.task}: {r.message}"
                                          for e in outcome.report.hosts.values()
@@ -148,7 +148,7 @@ def test_push_image_twice_transfers_once(conns: dict[str, Connection],
 def test_bluegreen_v1_to_v2_under_load_then_rollback(
         inventory: Inventory, conns: dict[str, Connection], images: dict[str, str]) -> None:
     source = compose.HostDocker(conns["dock-1"])
-    first = compose_bluegreen.deploy(plan_for("v1", images, source), web(inventory),
+    first = bluegreen.deploy(plan_for("v1", images, source), web(inventory),
                                      deploy_id="compose-v1")
     assert first.result == "deployed", failures(first)
     assert served(inventory) == {"v1"}
@@ -156,24 +156,24 @@ def test_bluegreen_v1_to_v2_under_load_then_rollback(
     urls = [f"http://{h.address}/version" for h in web(inventory)]
     with LoadLoop(urls) as load:
         started = time.monotonic()
-        second = compose_bluegreen.deploy(plan_for("v2", images, source), web(inventory),
+        second = bluegreen.deploy(plan_for("v2", images, source), web(inventory),
                                           deploy_id="compose-v2")
         took = time.monotonic() - started
     print(f"compose blue/green deploy v1 -> v2: {took:.1f} s; load {load.stats.summary()}")
     assert second.result == "deployed", failures(second)
-    assert (second.previous, second.color) == (first.color, compose_bluegreen.other(first.color))
+    assert (second.previous, second.color) == (first.color, bluegreen.other(first.color))
     assert load.stats.errors == 0, load.stats.summary()
     assert set(load.stats.versions) <= {"v1", "v2"} and load.stats.requests > 10
     assert served(inventory) == {"v2"}
     for conn in conns.values():  # after the grace period the old colour is down
         assert compose.ps(conn, f"shop-{first.color}") == []
 
-    again = compose_bluegreen.deploy(plan_for("v2", images, source), web(inventory),
+    again = bluegreen.deploy(plan_for("v2", images, source), web(inventory),
                                      deploy_id="compose-v2-again")
     assert again.result == "unchanged", again.message
 
     with LoadLoop(urls) as load:
-        back = compose_bluegreen.rollback(plan_for("v2", images, None), web(inventory),
+        back = bluegreen.rollback(plan_for("v2", images, None), web(inventory),
                                           deploy_id="compose-rollback")
     assert back.result == "deployed", failures(back)
     assert back.color == first.color
@@ -186,11 +186,11 @@ def test_bluegreen_v1_to_v2_under_load_then_rollback(
 def test_unhealthy_version_never_gets_traffic(
         inventory: Inventory, conns: dict[str, Connection], images: dict[str, str]) -> None:
     source = compose.HostDocker(conns["dock-1"])
-    base = compose_bluegreen.deploy(plan_for("v1", images, source), web(inventory),
+    base = bluegreen.deploy(plan_for("v1", images, source), web(inventory),
                                     deploy_id="shop-v1")
     assert base.result in ("deployed", "unchanged"), failures(base)
     with LoadLoop([f"http://{h.address}/version" for h in web(inventory)]) as load:
-        broken = compose_bluegreen.deploy(plan_for("v3-broken", images, source),
+        broken = bluegreen.deploy(plan_for("v3-broken", images, source),
                                           web(inventory), deploy_id="shop-v3")
     assert broken.result == "failed", broken.message
     assert broken.color == base.color  # traffic never moved
@@ -201,7 +201,7 @@ def test_unhealthy_version_never_gets_traffic(
     assert set(load.stats.versions) == {"v1"} and load.stats.errors == 0
     # the idle colour is put back as it was: no container left
     for conn in conns.values():
-        assert compose.ps(conn, f"shop-{compose_bluegreen.other(base.color)}") == []
+        assert compose.ps(conn, f"shop-{bluegreen.other(base.color)}") == []
     assert served(inventory) == {"v1"}
 
 

@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from deploykit.errors import ConfigError
+from deploykit.runtimes.compose import ComposeRelease
+from deploykit.runtimes.compose import ComposeSpec as ComposeBlueGreen
 from deploykit.secrets import Secret
-from deploykit.strategies.compose_bluegreen import ComposeBlueGreen, ComposeRelease
 from deploykit.tasks import compose
 
 
