@@ -25,24 +25,17 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from deploykit.cli import reports_errors
+from deploykit.cli import Output, add_tasks, reports_errors
+from deploykit.cli.output import show_history, show_preflight, show_status, show_summary
 from deploykit.connection import Connection
-from deploykit.flagtasks import flags_collection
-from deploykit.opstasks import add_ops_tasks
-from deploykit.invoke import (
+from deploykit.pipeline import (
     DeployOptions,
-    Output,
     Project,
-    add_tasks,
     connected,
     deploy,
     fleet_status,
     history_records,
     preflight,
-    show_history,
-    show_preflight,
-    show_status,
-    show_summary,
 )
 from deploykit.tasks import http, postgres
 from deploykit.testing.labtasks import DEFAULT_INVENTORY, lab_collection, lab_from, status_table
@@ -114,8 +107,8 @@ def demo(c: Context, hosts: str | None = None, keep: bool = False) -> None:
                 "deploykit.yml: this project's configuration (invoke config lists every key)",
                 ".deploykit/runs/: a JSON report and a log for every deploy above",
                 "invoke demo --keep, then invoke status, invoke history, invoke rollback --db",
-                "deploykit/strategies/bluegreen.py: the phases; deploykit/invoke.py: the "
-                "pipeline"):
+                "deploykit/strategies/bluegreen.py: the phases; deploykit/pipeline/: the "
+                "pipeline (deploy.py, rollback.py, ...); deploykit/cli/: the commands"):
             out.line(f"   {text}")
     finally:
         if not keep:
@@ -163,6 +156,4 @@ def test(c: Context, args: str = "") -> None:
 
 ns = Collection(demo, test)
 add_tasks(ns)
-add_ops_tasks(ns)
 ns.add_collection(lab_collection, "lab")
-ns.add_collection(flags_collection, "flags")

@@ -146,6 +146,30 @@ SECTIONS: dict[str, dict[str, Key]] = {
     },
 }
 
+SECTIONS.update({
+    "rolling": {
+        "serial": Key("serial", 1, "hosts updated at a time: a number or a percentage ('25%')"),
+        "max_fail_percentage": Key("percent", 0, "failed hosts allowed per batch before the "
+                                                 "rollout stops (0: none)"),
+        "drain": Key("bool", True, "take each batch out of the balancer while it is updated"),
+    },
+    "canary": {
+        "steps": Key("percents", [10, 50, 100], "traffic percentages, in order, ending at 100"),
+        "window": Key("number", 60, "seconds each step is watched before the next"),
+        "max_error_rate": Key("percent", 1, "5xx percentage of the canary that aborts it"),
+        "max_p95_ms": Key("number?", None, "p95 latency of the canary that aborts it"),
+        "min_requests": Key("count", 20, "requests a step needs before it is judged"),
+        "pause": Key("bool", False, "stop after the first step; invoke canary.promote or "
+                                    "canary.abort goes on"),
+    },
+    "compose": {
+        "file": Key("text?", None, "the compose file of runtime: compose (relative to "
+                                   "deploykit.yml)"),
+        "phases": Key("phases", [], "services started phase by phase, in order (phased "
+                                    "startup: [[db], [api, worker], [web]])"),
+    },
+})
+
 SCHEMA: dict[str, Key] = {
     "app": Key("name", REQUIRED, "application name: names /srv/<app>, programs, the upstream"),
     "source": Key("text", ".", "the app's source tree (requirements.txt, versions/)"),
@@ -157,8 +181,10 @@ SCHEMA: dict[str, Key] = {
     "wheelhouse": Key("text?", None, "wheels bundled into artifacts (default: "
                                      "$DEPLOYKIT_WHEELHOUSE or ./.cache/wheelhouse)"),
     "runs": Key("text", ".deploykit/runs", "where run reports and logs are written"),
-    "strategy": Key("strategy", "bluegreen", "default strategy: bluegreen (rolling, canary: "
-                                             "not yet)"),
+    "strategy": Key("strategy", "bluegreen", "how traffic moves: bluegreen, rolling or canary "
+                                             "(settings: rolling.*, canary.*)"),
+    "runtime": Key("runtime", "release", "what a colour is: release (directory + venv + "
+                                         "program) or compose (a compose project)"),
     "ports": Key("colors", {"blue": 8001, "green": 8002}, "the app's port per colour"),
     "command": Key("command", ["venv/bin/gunicorn", "-c", "gunicorn.conf.py",
                                "sampleapp.web:application"],
@@ -181,6 +207,9 @@ SCHEMA: dict[str, Key] = {
     "database": Key("section", {}, "see database.*"),
     "preflight": Key("section", {}, "see preflight.*"),
     "notify": Key("section", {}, "see notify.*"),
+    "rolling": Key("section", {}, "see rolling.*"),
+    "canary": Key("section", {}, "see canary.*"),
+    "compose": Key("section", {}, "see compose.*"),
     "env": Key("env", {}, "the app's .env: KEY: value, values may hold ${...} references"),
 }
 
@@ -192,6 +221,10 @@ _KIND_TEXT = {
     "ports": "a list of ports (1-65535)", "names": "a list of variable names",
     "endpoints": "a list of 'selector:port'", "events": f"a list of {', '.join(EVENTS)}",
     "strategy": "bluegreen, rolling or canary", "colors": "{blue: PORT, green: PORT}",
+    "runtime": "release or compose", "serial": "a number >= 1 or a percentage ('25%')",
+    "percent": "a number from 0 to 100", "percents": "a list of percentages (1-100), rising, "
+                                                    "ending at 100",
+    "phases": "a list of lists of service names",
     "command": "a non-empty list of strings", "section": "a mapping",
     "env": "a mapping of NAME: value", "secret": "a ${env:NAME} or ${file:PATH} reference "
                                                 "(secrets never live in deploykit.yml; "
@@ -222,6 +255,16 @@ def _check(kind: str, value: Any) -> bool:
                                              _is_port(int(v.rsplit(":", 1)[1])) for v in value),
         "events": lambda: strings and all(v in EVENTS for v in value),
         "strategy": lambda: value in ("bluegreen", "rolling", "canary"),
+        "runtime": lambda: value in ("release", "compose"),
+        "serial": lambda: (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        or (isinstance(value, str) and bool(re.fullmatch(r"(100|[1-9]\d?)%", value))),
+        "percent": lambda: number and 0 <= value <= 100,
+        "percents": lambda: isinstance(value, list) and bool(value) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100 for v in value)
+        and value == sorted(set(value)) and value[-1] == 100,
+        "phases": lambda: isinstance(value, list) and all(
+            isinstance(p, list) and p and all(isinstance(s, str) and _NAME.match(s) for s in p)
+            for p in value),
         "colors": lambda: isinstance(value, dict) and sorted(value) == ["blue", "green"]
         and all(_is_port(v) for v in value.values()),
         "command": lambda: strings and bool(value) and all(value),
@@ -356,6 +399,35 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class RollingConfig:
+    """``rolling:``: how a rolling deploy takes the fleet."""
+
+    serial: int | str = 1
+    max_fail_percentage: float = 0.0
+    drain: bool = True
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """``canary:``: the steps of a canary and what aborts it."""
+
+    steps: list[int] = field(default_factory=lambda: [10, 50, 100])
+    window: float = 60.0
+    max_error_rate: float = 1.0
+    max_p95_ms: float | None = None
+    min_requests: int = 20
+    pause: bool = False
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """``compose:``: the compose project of ``runtime: compose``."""
+
+    file: Path | None = None
+    phases: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     """The validated contents of ``deploykit.yml``; paths are absolute."""
 
@@ -390,6 +462,10 @@ class DeployConfig:
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     env: dict[str, str] = field(default_factory=dict)
+    runtime: str = "release"
+    rolling: RollingConfig = field(default_factory=RollingConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
 
     @property
     def root(self) -> Path:
@@ -468,12 +544,40 @@ def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
         notify=NotifyConfig(**{**sections["notify"],
                                "timeout": float(sections["notify"]["timeout"])}),
         env=env,
+        runtime=values["runtime"],
+        rolling=RollingConfig(**{**sections["rolling"], "max_fail_percentage": float(
+            sections["rolling"]["max_fail_percentage"])}),
+        canary=CanaryConfig(**{**sections["canary"], "window": float(
+            sections["canary"]["window"])}),
+        compose=ComposeConfig(
+            file=(base / sections["compose"]["file"]).resolve()
+            if sections["compose"]["file"] else None,
+            phases=[list(p) for p in sections["compose"]["phases"]]),
     )
 
 
 def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
     """Load and validate ``deploykit.yml``; every problem is one ConfigError naming the file."""
     p = Path(path).resolve()
+    return parse_config(read_config_data(p), p)
+
+
+def merge_config(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys on top; sections (mappings such as ``preflight``,
+    ``env``) are merged key by key, one level deep."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_data(path: Path) -> dict[str, Any]:
+    """The mapping a deploykit YAML file holds (not validated); every problem is one
+    ConfigError naming the file."""
+    p = path
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -491,7 +595,11 @@ def load_config(path: str | os.PathLike[str] = "deploykit.yml") -> DeployConfig:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}{line}: {getattr(exc, 'problem', None) or exc}") from None
-    return parse_config({} if data is None else data, p)
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: expected a mapping of keys, got {type(data).__name__}")
+    return dict(data)
 
 
 def describe_keys() -> str:
@@ -516,9 +624,26 @@ def _describe(key: str, spec: Key) -> str:
 # -- the effective configuration, redacted --------------------------------------------------
 
 
+SECRET_NAME = re.compile(r"pass(word|wd)?|secret|token|api_?key|private_?key|credential",
+                         re.IGNORECASE)
+"""A var whose name says it holds a secret (``postgres_password``, ``api_token``): shown
+redacted and treated as a secret even when written in clear (a ``*_file`` var names a
+file: shown)."""
+
+
+def secret_name(name: str) -> bool:
+    """True when a var called ``name`` holds a secret (see :data:`SECRET_NAME`)."""
+    return bool(SECRET_NAME.search(name)) and not name.endswith(("_file", "_path"))
+
+
 def _shown(value: Any, where: str, problems: list[str]) -> Any:
     """A value for people: a secret as ``********`` (with its source when it has one),
-    after checking that it resolves (a problem is recorded, never raised)."""
+    after checking that it resolves (a problem is recorded, never raised); a mapping's
+    value under a secret name (:func:`secret_name`) too."""
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if secret_name(str(k)) and not isinstance(v, Secret)
+                and v not in (None, "") else _shown(v, f"{where}.{k}", problems)
+                for k, v in value.items()}
     if isinstance(value, Secret):
         source = f" ({value.source})" if isinstance(value, LazySecret) else ""
         try:
@@ -527,8 +652,6 @@ def _shown(value: Any, where: str, problems: list[str]) -> Any:
             problems.append(exc.message)
             return f"MISSING{source}"
         return f"{REDACTED}{source}"
-    if isinstance(value, Mapping):
-        return {str(k): _shown(v, f"{where}.{k}", problems) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_shown(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if isinstance(value, Path):
@@ -621,7 +744,9 @@ def _db_lookup(config: DeployConfig, db: Host | None, where: str) -> Lookup:
             if var not in db.vars:
                 raise ConfigError(f"${{{name}}}: host {db.name} has no var {var!r}")
             value = db.vars[var]
-            return value if isinstance(value, Secret) else str(value)
+            if isinstance(value, Secret):
+                return value
+            return Secret(str(value)) if secret_name(var) else str(value)
         return _controller_secret(name, config.root, where)
     return lookup
 

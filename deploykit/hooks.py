@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploykit.errors import ConfigError, TaskError
-from deploykit.journal import DEPLOY_ID_ENV
+from deploykit.journal import DEPLOY_ID_ENV, NEST_TOKEN_ENV
 from deploykit.result import Result, Status
 from deploykit.secrets import Secret, redact
 
@@ -91,6 +91,8 @@ class HookContext:
     """What happened, for post_deploy and on_* (secrets redacted)."""
     config: Path | None = None
     """The deploykit.yml of the run."""
+    nest_token: str = field(default="", repr=False)
+    """The proof a run started by this hook presents to enter the lock (never logged)."""
 
     def env(self) -> dict[str, str]:
         """The context as ``DEPLOYKIT_*`` environment variables."""
@@ -100,6 +102,8 @@ class HookContext:
                "DEPLOYKIT_MESSAGE": self.message}
         if self.config is not None:
             env["DEPLOYKIT_CONFIG"] = str(self.config)
+        if self.nest_token:
+            env[NEST_TOKEN_ENV] = self.nest_token
         return env
 
 
@@ -175,7 +179,7 @@ def registered(point: str) -> list[HookFunction]:
 class Hooks:
     """The hooks of one project: executables in ``directory`` and registered callables.
 
-    ``echo`` prints a line (the run's :class:`~deploykit.invoke.Output` redacts);
+    ``echo`` prints a line (the run's :class:`~deploykit.cli.Output` redacts);
     ``secrets`` are redacted from error messages and report entries too.
     """
 
@@ -311,7 +315,8 @@ class Hooks:
         """Call a registered callable with ``DEPLOYKIT_DEPLOY_ID`` and ``DEPLOYKIT_HOOK``
         set meanwhile (deploykit calls inside it re-enter the lock, run no hooks)."""
         name = getattr(function, "__qualname__", repr(function))
-        with _environment({HOOK_ENV: context.point, DEPLOY_ID_ENV: context.deploy_id}):
+        with _environment({HOOK_ENV: context.point, DEPLOY_ID_ENV: context.deploy_id,
+                           NEST_TOKEN_ENV: context.nest_token}):
             try:
                 function(context)
             except Exception as exc:

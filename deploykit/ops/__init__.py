@@ -1,7 +1,7 @@
 """Day-2 operations on a running fleet, between deploys.
 
 One module per job, each usable from Python and driven by the invoke tasks in
-:mod:`deploykit.opstasks`:
+:mod:`deploykit.cli.ops`:
 
 * :mod:`~deploykit.ops.hosts`: which hosts a command acts on (``--host``/``--group``);
 * :mod:`~deploykit.ops.exec`: one shell command on many hosts in parallel;

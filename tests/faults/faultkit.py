@@ -1,9 +1,9 @@
 """The fault-injection suite's fleet: the sample app deployed on the lab, and real faults.
 
-Every test deploys through the real pipeline (:func:`deploykit.invoke.deploy`, or
+Every test deploys through the real pipeline (:func:`deploykit.pipeline.deploy`, or
 ``invoke deploy`` as a subprocess) against the lab and injects a real fault at a
 known point of that deploy. The point is found through the deploy's own output:
-:class:`Tripwire` is the :class:`~deploykit.invoke.Output` the pipeline prints to,
+:class:`Tripwire` is the :class:`~deploykit.cli.Output` the pipeline prints to,
 and the pipeline prints a phase's title in the main thread before any step of the
 phase runs, and a step's line in its host's thread after the step and before that
 host's next step. A wire fires its fault synchronously, in that thread, so the
@@ -43,8 +43,9 @@ from deploykit import journal, pg
 from deploykit.connection import Connection
 from deploykit.errors import DeployError
 from deploykit.inventory import Inventory
-from deploykit.invoke import DeployOptions, DeploySummary, Output, Project
-from deploykit.invoke import deploy as pipeline_deploy
+from deploykit.cli import Output
+from deploykit.pipeline import DeployOptions, DeploySummary, Project
+from deploykit.pipeline import deploy as pipeline_deploy
 from deploykit.result import RunReport
 from deploykit.tasks import http
 from deploykit.testing.lab import Lab

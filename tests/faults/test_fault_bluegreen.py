@@ -19,7 +19,7 @@ import re
 import pytest
 from faultkit import APP, HOSTS, WEB, Fleet, Tripwire, phase_line, step_line
 
-from deploykit.invoke import DeploySummary
+from deploykit.pipeline import DeploySummary
 
 pytestmark = pytest.mark.lab
 

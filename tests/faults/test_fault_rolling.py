@@ -18,7 +18,7 @@ from faultkit import APP, HOSTS, Fleet, StepWire
 from deploykit import journal
 from deploykit.artifacts import Artifact
 from deploykit.inventory import Host
-from deploykit.invoke import ensure_artifact
+from deploykit.pipeline import ensure_artifact
 from deploykit.strategies import rolling
 from deploykit.tasks import http
 from deploykit.testing.sample import app_env

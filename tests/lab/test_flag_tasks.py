@@ -202,7 +202,7 @@ def invoke_flags(lab: Lab, tmp_path: Path, project_root: Path
     inventory.write_text(yaml.safe_dump(lab.inventory()))
     (tmp_path / "tasks.py").write_text(
         "from invoke.collection import Collection\n"
-        "from deploykit.flagtasks import flags_collection\n"
+        "from deploykit.cli.flags import flags_collection\n"
         "ns = Collection()\n"
         "ns.add_collection(flags_collection, 'flags')\n")
 

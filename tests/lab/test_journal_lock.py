@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -206,9 +207,16 @@ def backdate(ssh: Ssh, host: str, app: str, seconds: int) -> None:
     conn.run(["touch", "-d", f"@{when}", f"/var/lib/deploykit/{app}/lock/holder.json"])
 
 
+def crashed_holder(deploy_id: str, app: str) -> LockHolder:
+    """A holder of this controller whose process is gone (a crashed deploy)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return dataclasses.replace(LockHolder.for_this_process(deploy_id, app), pid=proc.pid)
+
+
 def test_a_stale_lock_is_reported_not_broken_then_broken_on_request(ssh: Ssh,
                                                                     app: str) -> None:
-    crashed = LockHolder.for_this_process("crashed-deploy", app)
+    crashed = crashed_holder("crashed-deploy", app)
     start = HistoryEntry(event="start", id="crashed-deploy", app=app, host="web-1")
     assert journal.acquire_lock(ssh("web-1"), app, crashed, entries=[start]).acquired
     backdate(ssh, "web-1", app, 2 * 3600 + 5)
@@ -250,17 +258,44 @@ def test_break_lock_does_not_break_a_fresh_lock(ssh: Ssh, app: str) -> None:
     assert kept is not None and kept.holder == live
 
 
+def test_a_live_holders_lock_is_never_broken_however_old(ssh: Ssh, app: str) -> None:
+    """issue 16 item 4 / issue 21 item 2: the lock of a process alive on this controller
+    (a deploy longer than the TTL, or a host clock jump) is neither broken by break_lock
+    nor removed by unlock --force; a lock dated in the future is stale."""
+    alive = LockHolder.for_this_process("long-deploy", app)
+    assert journal.acquire_lock(ssh("web-1"), app, alive).acquired
+    backdate(ssh, "web-1", app, 3 * 3600)
+    with pytest.raises(LockHeldError, match=r"running on this controller: a live lock is "
+                                            r"never broken"):
+        with journal.fleet_lock(conns(ssh, "web-1"), app, "breaker", ttl=3600,
+                                break_lock=True):
+            pass
+    with pytest.raises(LockHeldError, match="running on this controller"):
+        journal.unlock(ssh("web-1"), app, force=True)
+    kept = holder_info(ssh, "web-1", app)
+    assert kept is not None and kept.holder == alive
+    assert journal.release_lock(ssh("web-1"), app, alive) == "released"
+    ahead = crashed_holder("ahead", app)
+    assert journal.acquire_lock(ssh("web-1"), app, ahead).acquired
+    backdate(ssh, "web-1", app, -3 * 3600)  # taken by a clock three hours ahead
+    info = holder_info(ssh, "web-1", app)
+    assert info is not None and info.stale and "in the future" in info.describe()
+    with journal.fleet_lock(conns(ssh, "web-1"), app, "breaker", ttl=3600,
+                            break_lock=True) as lock:
+        assert [b.holder for b in lock.broken] == [ahead]
+
+
 def test_unlock_needs_force_or_the_holders_deploy_id(ssh: Ssh, app: str) -> None:
     conn = ssh("web-1")
     assert journal.unlock(conn, app) is None  # nothing to unlock
-    crashed = LockHolder.for_this_process("crashed-1", app)
+    crashed = crashed_holder("crashed-1", app)
     journal.acquire_lock(conn, app, crashed)
     with pytest.raises(LockHeldError, match="not removed: pass force=True"):
         journal.unlock(conn, app)
     assert holder_info(ssh, "web-1", app) is not None
     removed = journal.unlock(conn, app, deploy_id="crashed-1")
     assert removed is not None and removed.holder == crashed
-    journal.acquire_lock(conn, app, LockHolder.for_this_process("crashed-2", app))
+    journal.acquire_lock(conn, app, crashed_holder("crashed-2", app))
     forced = journal.unlock(conn, app, force=True)
     assert forced is not None and forced.holder is not None
     assert forced.holder.deploy_id == "crashed-2"

@@ -1,7 +1,7 @@
 """Day-2 operations through the real CLI on the lab: exec, logs, maintenance, prune.
 
 Every command runs as a subprocess of ``invoke`` with a tasks.py (the deploy tasks
-plus :func:`deploykit.opstasks.add_ops_tasks`) and a deploykit.yml written into a
+plus :func:`deploykit.cli.ops.add_ops_tasks`) and a deploykit.yml written into a
 temporary directory. The sample app v1 is deployed once (maintenance and prune need
 a site and releases); the hosts are reset and the app's databases dropped at the end.
 """
@@ -39,8 +39,8 @@ WEB = ("web-1", "web-2")
 TASKS_PY = """\
 from invoke.collection import Collection
 
-from deploykit.invoke import add_tasks
-from deploykit.opstasks import add_ops_tasks
+from deploykit.cli.deploy import add_deploy_tasks as add_tasks
+from deploykit.cli.ops import add_ops_tasks
 
 ns = add_ops_tasks(add_tasks(Collection()))
 """

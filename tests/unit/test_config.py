@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from deploykit.config import (
 )
 from deploykit.errors import ConfigError
 from deploykit.inventory import Host
+from deploykit.pipeline import Project
+from deploykit.pipeline.preflight import preflight_checks
 from deploykit.secrets import Secret, redact
 from deploykit.tasks.checks import CONTROLLER
 
@@ -246,3 +249,96 @@ def test_rendered_env_check_names_each_weak_secret(tmp_path: Path,
         "secrets in the app's .env (env in deploykit.yml): A is a known default value; "
         "B is one character repeated; C is shorter than 8 characters; D is missing")
     assert "changeme" not in str(result.to_dict())
+
+
+# -- environments (issue 20 item 1) -----------------------------------------------------------
+
+
+def production_project(tmp_path: Path) -> Path:
+    """The repository's deploykit.yml, its production example as deploykit.production.yml
+    and the example production inventory, laid out as a team would copy them."""
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "inventories").mkdir()
+    shutil.copy(repo / "deploykit.yml", tmp_path / "deploykit.yml")
+    shutil.copy(repo / "deploykit.production.example.yml", tmp_path / "deploykit.production.yml")
+    shutil.copy(repo / "inventories" / "production.example.yml",
+                tmp_path / "inventories" / "production.yml")
+    return tmp_path / "deploykit.yml"
+
+
+def test_the_production_examples_load_as_an_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = production_project(tmp_path)
+    monkeypatch.delenv("DEPLOYKIT_ENV", raising=False)
+    project = Project.load(path, environment="production", host="prod-1")
+    assert [h.name for h in project.web] == ["prod-1"]
+    assert project.db is not None and project.db.name == "db-1"
+    assert project.config.inventory == tmp_path / "inventories" / "production.yml"
+    assert project.config.lock_ttl == 3600 and project.config.verify_requests == 40
+    assert project.config.preflight.min_disk_mb == 1024
+    assert project.config.preflight.disk_paths == ["/", "/srv"]  # merged, not replaced
+    assert project.environment == "production"
+    monkeypatch.setenv("DEPLOYKIT_ENV", "production")
+    assert [h.name for h in Project.load(path).web] == ["prod-1", "prod-2"]
+
+
+def test_environment_mistakes_are_one_clear_error(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = production_project(tmp_path)
+    monkeypatch.delenv("DEPLOYKIT_ENV", raising=False)
+    with pytest.raises(ConfigError, match=r"environment 'staging': .*deploykit\.staging\.yml "
+                                          r"does not exist \(environments beside deploykit\.yml: "
+                                          r"production\)"):
+        Project.load(path, environment="staging")
+    (tmp_path / "deploykit.staging.yml").write_text("verify_requests: 5\n")
+    with pytest.raises(ConfigError, match=r"deploykit\.staging\.yml: an environment names its "
+                                          r"own inventory"):
+        Project.load(path, environment="staging")
+    with pytest.raises(ConfigError, match="invalid environment"):
+        Project.load(path, environment="../etc")
+    # --inventory replaces the inventory, relative to the working directory
+    monkeypatch.chdir(tmp_path / "inventories")
+    project = Project.load(path, environment="staging", inventory="production.yml")
+    assert [h.name for h in project.web] == ["prod-1", "prod-2"]
+
+
+def test_reachability_is_checked_from_the_web_hosts(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEPLOYKIT_ENV", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the example's postgres_password_file
+    secret = tmp_path / ".config" / "deploykit" / "db-1.password"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("s3cret-for-the-test\n")
+    secret.chmod(0o600)
+    project = Project.load(production_project(tmp_path), environment="production")
+    groups = preflight_checks(project)
+    names = {c.name for c in groups["web"]}
+    assert {"reachable db-1:5432", "reachable db-1:6379"} <= names
+    assert not any(c.kind == "reachable" for c in groups["controller"])
+
+
+def test_strategy_runtime_and_their_settings(tmp_path: Path) -> None:
+    path = tmp_path / "deploykit.yml"
+    path.write_text(yaml.safe_dump({
+        "app": "shop", "strategy": "canary", "runtime": "compose",
+        "rolling": {"serial": "25%", "max_fail_percentage": 10, "drain": False},
+        "canary": {"steps": [5, 50, 100], "window": 30, "max_error_rate": 2,
+                   "max_p95_ms": 400, "min_requests": 10, "pause": True},
+        "compose": {"file": "compose.yml", "phases": [["db"], ["api", "worker"], ["web"]]}}))
+    cfg = load_config(path)
+    assert (cfg.strategy, cfg.runtime) == ("canary", "compose")
+    assert (cfg.rolling.serial, cfg.rolling.max_fail_percentage, cfg.rolling.drain) == \
+        ("25%", 10.0, False)
+    assert cfg.canary.steps == [5, 50, 100] and cfg.canary.pause and cfg.canary.window == 30
+    assert cfg.compose.file == tmp_path / "compose.yml"
+    assert cfg.compose.phases == [["db"], ["api", "worker"], ["web"]]
+    for bad, message in (({"runtime": "k8s"}, "runtime must be release or compose"),
+                         ({"rolling": {"serial": 0}}, "rolling.serial must be"),
+                         ({"rolling": {"serial": "150%"}}, "rolling.serial must be"),
+                         ({"canary": {"steps": [50, 10]}}, "canary.steps must be"),
+                         ({"canary": {"steps": [10, 50]}}, "canary.steps must be"),
+                         ({"canary": {"windw": 3}}, "did you mean 'window'"),
+                         ({"compose": {"phases": [["db"], []]}}, "compose.phases must be")):
+        path.write_text(yaml.safe_dump({"app": "shop", **bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

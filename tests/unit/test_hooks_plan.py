@@ -174,7 +174,7 @@ def test_which_points_follow_a_run(kind: str, result: str, points: list[str]) ->
 
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setattr(journal, "STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.setattr(journal.ids, "STATE_ROOT", str(tmp_path / "state"))
     yield tmp_path / "state"
 
 
@@ -183,16 +183,24 @@ def conns() -> list[Connection]:
 
 
 def test_the_lock_is_reentrant_for_the_outer_deploy_only(state: Path) -> None:
-    with journal.fleet_lock(conns(), APP, "outer-1") as outer:
+    with journal.fleet_lock(conns(), APP, "outer-1", nest_token="hooks-only") as outer:
         with pytest.raises(LockHeldError, match=r"locked by .* \(deploy outer-1,"):
             with journal.fleet_lock(conns(), APP, "stranger-2"):
                 pass
-        with journal.fleet_lock(conns(), APP, "inner-3", outer="outer-1") as inner:
+        # knowing the outer deploy's id (invoke status shows it) is not enough
+        for proof in ("", "guessed"):
+            with pytest.raises(LockHeldError, match=r"\(deploy outer-1,"):
+                with journal.fleet_lock(conns(), APP, "stranger-3", outer="outer-1",
+                                        proof=proof):
+                    pass
+        with journal.fleet_lock(conns(), APP, "inner-3", outer="outer-1",
+                                proof="hooks-only") as inner:
             assert inner.nested == {"web-1"}
         info = journal.lock_status(conns()[0], APP)  # the inner run left it to its owner
         assert info is not None and info.holder == outer.holder
     assert journal.lock_status(conns()[0], APP) is None
     events = [(e.event, e.id, e.result) for e in journal.history(conns()[0], APP)]
+    assert "hooks-only" not in (state / APP / "history.jsonl").read_text()
     assert events == [("start", "outer-1", None), ("start", "inner-3", None),
                       ("end", "inner-3", "succeeded"), ("end", "outer-1", "succeeded")]
 

@@ -9,6 +9,7 @@ signature as :meth:`Connection.run`, so the host-side scripts (``mkdir`` lock,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ class LocalShell:
 
 @pytest.fixture
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(journal, "STATE_ROOT", str(tmp_path / "state"))
+    monkeypatch.setattr(journal.ids, "STATE_ROOT", str(tmp_path / "state"))
     return tmp_path / "state"
 
 
@@ -80,17 +81,17 @@ def test_deploy_id_is_utc_time_and_short_sha(tmp_path: Path) -> None:
     git(tmp_path, "add", "f")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "m")
     sha = git(tmp_path, "rev-parse", "--short=7", "HEAD")
-    assert re.fullmatch(rf"20261125T173000Z-{sha}-000[0-9a-f]{{4}}",
+    assert re.fullmatch(rf"20261125T173000Z-000-{sha}-[0-9a-f]{{4}}",
                         journal.new_deploy_id(tmp_path, now=NOW))
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{7}-\d{3}[0-9a-f]{4}",
+    assert re.fullmatch(r"\d{8}T\d{6}Z-\d{3}-[0-9a-f]{7}-[0-9a-f]{4}",
                         journal.new_deploy_id(tmp_path))
 
 
 def test_deploy_id_falls_back_to_nogit(tmp_path: Path) -> None:
-    assert re.fullmatch(r"20261125T173000Z-nogit-000[0-9a-f]{4}",
+    assert re.fullmatch(r"20261125T173000Z-000-nogit-[0-9a-f]{4}",
                         journal.new_deploy_id(tmp_path, now=NOW))
     git(tmp_path, "init", "-q")  # a repository without any commit
-    assert re.fullmatch(r"20261125T173000Z-nogit-000[0-9a-f]{4}",
+    assert re.fullmatch(r"20261125T173000Z-000-nogit-[0-9a-f]{4}",
                         journal.new_deploy_id(tmp_path, now=NOW))
 
 
@@ -244,9 +245,16 @@ def test_an_entry_cut_off_in_transit_is_not_written_at_all(root: Path) -> None:
     assert sorted(p.name for p in (root / APP).iterdir()) == ["history.jsonl"]
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_release_leaves_a_lock_taken_by_someone_else_alone(root: Path) -> None:
     conn = local()
-    mine = LockHolder.for_this_process("d1", APP)
+    mine = dataclasses.replace(LockHolder.for_this_process("d1", APP), pid=dead_pid())
     theirs = LockHolder.for_this_process("d2", APP)
     assert journal.acquire_lock(conn, APP, mine).acquired
     assert journal.unlock(conn, APP, force=True) is not None   # somebody broke it
@@ -337,5 +345,28 @@ def test_deploy_ids_sort_by_time_within_a_second(tmp_path: Path) -> None:
     early, late = (journal.new_deploy_id(tmp_path, now=NOW.replace(microsecond=us))
                    for us in (9_000, 450_000))
     assert early < late  # --retry-failed takes the last report by name
-    assert re.fullmatch(r"20261125T173000Z-nogit-009[0-9a-f]{4}", early)
-    assert re.fullmatch(r"20261125T173000Z-nogit-450[0-9a-f]{4}", late)
+    assert re.fullmatch(r"20261125T173000Z-009-nogit-[0-9a-f]{4}", early)
+    assert re.fullmatch(r"20261125T173000Z-450-nogit-[0-9a-f]{4}", late)
+
+
+def test_deploy_ids_sort_by_time_across_commits_within_a_second(tmp_path: Path) -> None:
+    """Two deploys in the same second from different commits: the later one sorts last,
+    whatever the commits' hashes (issue 17 item 10)."""
+    ids = []
+    for n, us in enumerate((100_000, 600_000)):
+        repo = tmp_path / f"r{n}"
+        repo.mkdir()
+        git(repo, "init", "-q")
+        for attempt in range(64):  # the later deploy's commit must sort first by hash
+            (repo / "f").write_text(f"{n}-{attempt}")
+            git(repo, "add", "f")
+            git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit",
+                "-qm", "m")
+            sha = git(repo, "rev-parse", "--short=7", "HEAD")
+            if (n == 0) == (sha[0] >= "8"):
+                break
+        ids.append(journal.new_deploy_id(repo, now=NOW.replace(microsecond=us)))
+    early, late = ids
+    assert early.split("-")[2][0] >= "8" > late.split("-")[2][0] or \
+        early.split("-")[1][0] >= "8" > late.split("-")[1][0]
+    assert sorted([late, early]) == [early, late]

@@ -144,3 +144,22 @@ def test_effective_config_redacts_and_names_missing_secrets(
     assert data["keep_releases"] == 5 and data["hooks_dir"] == str(tmp_path / "hooks")
     assert problems == ["deploykit.yml: env.C: environment variable DK_SRC_NOPE is not set "
                         "(or empty) (source ${env:DK_SRC_NOPE})"]
+
+
+def test_effective_config_redacts_plain_password_vars_everywhere(tmp_path: Path) -> None:
+    """issue 21 item 10: ``postgres_password`` as a plain inventory var (deploykit.pg reads
+    it) is shown neither under the host's vars nor inside ``${db.postgres_password}``."""
+    plain = "plain-pg-pw-Zk41-not-for-show"
+    db = Host("db-1", "198.18.0.3", groups=("db",), vars={
+        "postgres_password": plain, "postgres_user": "app", "api_token": plain + "2",
+        "redis_port": 6379})
+    cfg = parse(tmp_path, database={"name": "shop"}, env={"PGPASS": "${db.postgres_password}",
+                               "URL": "${database_url}", "USER": "${db.postgres_user}"})
+    data, problems = effective_config(cfg, db, [db])
+    text = yaml.safe_dump(data)
+    assert plain not in text and problems == []
+    assert data["env"]["PGPASS"] == "******** (${db.postgres_password})"
+    assert data["env"]["USER"] == "app"
+    assert data["hosts"]["db-1"]["vars"] == {
+        "postgres_password": "********", "postgres_user": "app", "api_token": "********",
+        "redis_port": 6379}

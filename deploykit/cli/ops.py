@@ -1,9 +1,9 @@
 """invoke tasks for day-2 operations: ``exec``, ``logs``, ``maintenance``, ``details``, ``prune``.
 
 Add them to a project's tasks.py next to the deploy tasks (they read the same
-``deploykit.yml``, see :func:`deploykit.invoke.config_path`)::
+``deploykit.yml``, see :func:`deploykit.pipeline.project.config_path`)::
 
-    from deploykit.opstasks import add_ops_tasks
+    from deploykit.cli.ops import add_ops_tasks
     add_ops_tasks(ns)
 
 then::
@@ -34,28 +34,35 @@ from invoke.tasks import task
 from rich.table import Table
 
 from deploykit import journal
-from deploykit.cli import reports_errors
+from deploykit.cli.errors import reports_errors
+from deploykit.cli.output import Output
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.inventory import Host
-from deploykit.invoke import Output, Project, config_path, connected
 from deploykit.ops import details as host_details
 from deploykit.ops import exec as fleet_exec
 from deploykit.ops import logs as fleet_logs
 from deploykit.ops import prune as fleet_prune
 from deploykit.ops.hosts import select_hosts
 from deploykit.ops.maintenance import set_maintenance
+from deploykit.pipeline.fleet import connected
+from deploykit.pipeline.project import Project, config_path
 from deploykit.result import Status
 from deploykit.tasks.maintenance import maintenance as maintenance_task
 
 __all__ = ["OPS_TASKS", "add_ops_tasks", "ops_collection"]
 
 _SELECT = {"host": "only these hosts (a selector: web-1 or web-1,web-2)",
-           "group": "only this group (e.g. web)"}
+           "group": "only this group (e.g. web)",
+           "environment": "the environment: deploykit.<environment>.yml on top of "
+                          "deploykit.yml (default: $DEPLOYKIT_ENV)",
+           "inventory": "use this inventory file instead of the configured one"}
 
 
-def _project(c: Context, host: str | None = None, group: str | None = None) -> Project:
-    return Project.load(config_path(c), host=host, group=group)
+def _project(c: Context, host: str | None = None, group: str | None = None,
+             environment: str | None = None, inventory: str | None = None) -> Project:
+    return Project.load(config_path(c), host=host, group=group, environment=environment,
+                        inventory=inventory)
 
 
 def _op_id(project: Project, kind: str) -> str:
@@ -74,9 +81,10 @@ def _op_id(project: Project, kind: str) -> str:
 @reports_errors
 def exec_task(c: Context, command: str, host: str | None = None, group: str | None = None,
               sudo: bool = False, check: bool = False, timeout: float = 600.0,
-              forks: int = 10) -> None:
+              forks: int = 10,
+        environment: str | None = None, inventory: str | None = None) -> None:
     """Run a shell command on many hosts in parallel; non-zero exit if any host failed."""
-    project = _project(c)
+    project = _project(c, None, None, environment, inventory)
     hosts = select_hosts(project.inventory, project.hosts, host=host, group=group)
     out = Output(secrets=project.known_secrets())
     if check:
@@ -135,9 +143,10 @@ def _log_hosts(project: Project, service: str, host: str | None,
 @reports_errors
 def logs_task(c: Context, host: str | None = None, group: str | None = None,
               service: str = "app", grep: str | None = None, since: str | None = None,
-              lines: int = 0, follow: bool = False, sudo: bool = False) -> None:
+              lines: int = 0, follow: bool = False, sudo: bool = False,
+        environment: str | None = None, inventory: str | None = None) -> None:
     """Log lines of many hosts, merged in time order, prefixed by host; or followed."""
-    project = _project(c)
+    project = _project(c, None, None, environment, inventory)
     seconds = fleet_logs.parse_since(since) if since else None
     if lines < 0:
         raise ConfigError(f"--lines must be at least 1, not {lines}")
@@ -203,14 +212,15 @@ def follow_logs(out: Output, conns: dict[str, Connection], query: fleet_logs.Log
 @reports_errors
 def maintenance_cmd(c: Context, state: str, host: str | None = None, group: str | None = None,
                     allow: str | None = None, retry_after: int = 300,
-                    message: str | None = None, check: bool = False) -> None:
+                    message: str | None = None, check: bool = False,
+        environment: str | None = None, inventory: str | None = None) -> None:
     """Maintenance mode on the web hosts: 503 with a page and Retry-After; health checks
     and allowed addresses pass. Recorded in the history."""
     if state not in ("on", "off"):
         raise ConfigError(f"maintenance: say on or off, not {state!r}")
     if state == "off" and allow:
         raise ConfigError("maintenance off: --allow applies to on only")
-    project = _project(c, host, group)
+    project = _project(c, host, group, environment, inventory)
     job = maintenance_task(project.app, on=state == "on",
                            allow=[a for a in (allow or "").split(",") if a.strip()],
                            paths=[project.config.health_path], retry_after=retry_after,
@@ -239,9 +249,10 @@ def maintenance_cmd(c: Context, state: str, host: str | None = None, group: str 
                             "json": "write the details as JSON to this path ('-': stdout)"})
 @reports_errors
 def details_task(c: Context, host: str | None = None, group: str | None = None,
-                 json: str | None = None) -> None:
+                 json: str | None = None,
+        environment: str | None = None, inventory: str | None = None) -> None:
     """Per host: releases and their state, colour, services, disk free, last backup, lock."""
-    project = _project(c)
+    project = _project(c, None, None, environment, inventory)
     hosts = select_hosts(project.inventory, project.hosts, host=host, group=group)
     roles = {h.name: "web" if h in project.web else "db" if h == project.db else "other"
              for h in hosts}
@@ -274,9 +285,10 @@ def details_task(c: Context, host: str | None = None, group: str | None = None,
             "deploykit.yml)",
     "yes": "remove what is listed (without it, nothing is removed)"})
 @reports_errors
-def prune_task(c: Context, keep: int = 0, yes: bool = False) -> None:
+def prune_task(c: Context, keep: int = 0, yes: bool = False,
+        environment: str | None = None, inventory: str | None = None) -> None:
     """List old releases, old databases and backups beyond retention; --yes removes them."""
-    project = _project(c)
+    project = _project(c, None, None, environment, inventory)
     cfg = project.config
     settings = fleet_prune.PruneSettings(
         cfg.app, keep=keep or cfg.keep_releases,

@@ -2,7 +2,7 @@
 
 Add :data:`flags_collection` to a project's tasks.py::
 
-    from deploykit.flagtasks import flags_collection
+    from deploykit.cli.flags import flags_collection
     ns.add_collection(flags_collection, "flags")
 
 then::
@@ -23,7 +23,7 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
-from deploykit.cli import reports_errors
+from deploykit.cli.errors import reports_errors
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.flags import Flag, check_name, check_rollout
