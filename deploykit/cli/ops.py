@@ -36,6 +36,7 @@ from rich.table import Table
 from deploykit import journal
 from deploykit.cli.errors import reports_errors
 from deploykit.cli.output import Output
+from deploykit.cli.select import SELECT, project_of
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, TaskError
 from deploykit.inventory import Host
@@ -46,23 +47,17 @@ from deploykit.ops import prune as fleet_prune
 from deploykit.ops.hosts import select_hosts
 from deploykit.ops.maintenance import set_maintenance
 from deploykit.pipeline.fleet import connected
-from deploykit.pipeline.project import Project, config_path
+from deploykit.pipeline.project import Project
 from deploykit.result import Status
 from deploykit.tasks.maintenance import maintenance as maintenance_task
 
 __all__ = ["OPS_TASKS", "add_ops_tasks", "ops_collection"]
 
-_SELECT = {"host": "only these hosts (a selector: web-1 or web-1,web-2)",
-           "group": "only this group (e.g. web)",
-           "environment": "the environment: deploykit.<environment>.yml on top of "
-                          "deploykit.yml (default: $DEPLOYKIT_ENV)",
-           "inventory": "use this inventory file instead of the configured one"}
+_SELECT = {**SELECT, "host": "only these hosts (a selector: web-1 or web-1,web-2)",
+           "group": "only this group (e.g. web)"}
 
 
-def _project(c: Context, host: str | None = None, group: str | None = None,
-             environment: str | None = None, inventory: str | None = None) -> Project:
-    return Project.load(config_path(c), host=host, group=group, environment=environment,
-                        inventory=inventory)
+_project = project_of
 
 
 def _op_id(project: Project, kind: str) -> str:
@@ -226,9 +221,15 @@ def maintenance_cmd(c: Context, state: str, host: str | None = None, group: str 
                            paths=[project.config.health_path], retry_after=retry_after,
                            message=message)
     out = Output(secrets=project.known_secrets())
+    op_id = _op_id(project, "maintenance")
     with connected(project.web, out.secrets) as conns:
-        results = set_maintenance(conns, job, op_id=_op_id(project, "maintenance"),
-                                  check=check)
+        if check:
+            results = set_maintenance(conns, job, op_id=op_id, check=True)
+        else:  # under the deploy lock: never in the middle of a deploy's switch
+            with journal.fleet_lock(list(conns.values()), project.app, op_id,
+                                    ttl=project.config.lock_ttl, kind="maintenance",
+                                    record=False):
+                results = set_maintenance(conns, job, op_id=op_id)
     for r in results:
         note = {Status.OK: f"already {state}", Status.CHANGED:
                 f"would turn {state}" if check else f"maintenance {state}"}.get(r.status, "")

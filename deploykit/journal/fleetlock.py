@@ -65,8 +65,10 @@ class FleetLock:
     def __init__(self, conns: Sequence[Connection], app: str, holder: LockHolder, *,
                  kind: str = "deploy", version_from: str | Mapping[str, str] | None = None,
                  version_to: str | None = None, strategy: str | None = None,
-                 forks: int = 10) -> None:
+                 forks: int = 10, record: bool = True) -> None:
         self.conns = list(conns)
+        self.record = record
+        """False: no ``start``/``end`` history entries (the operation writes its own)."""
         self.app = app
         self.holder = holder
         self.kind = kind
@@ -203,13 +205,13 @@ class FleetLock:
         self._stop_heartbeat()
 
         def one(conn: Connection) -> None:
-            entry = self._end_entry(conn.name, exc)
+            entries = [self._end_entry(conn.name, exc)] if self.record else []
             for attempt in range(1, END_ATTEMPTS + 1):
                 try:
                     if conn.name in self.nested:  # the outer deploy releases it
-                        append_history(conn, self.app, [entry])
+                        append_history(conn, self.app, entries)
                         return
-                    state = release_lock(conn, self.app, self.holder, entries=[entry])
+                    state = release_lock(conn, self.app, self.holder, entries=entries)
                 except DeployError as error:
                     problem = error.message
                 else:
@@ -271,6 +273,7 @@ def fleet_lock(
     nest_token: str = "",
     proof: str | None = None,
     heartbeat: float | None = None,
+    record: bool = True,
 ) -> Iterator[FleetLock]:
     """Hold the deploy lock of ``app`` on every host for the ``with`` block.
 
@@ -293,6 +296,10 @@ def fleet_lock(
     deploy gave its hooks. ``nest_token`` is that token for this run's own hooks (only its
     SHA-256 goes into ``holder.json``).
 
+    ``record=False`` (maintenance, prune: operations that write their own history
+    entries) takes the lock without ``start``/``end`` entries; ``kind`` then only names
+    the operation.
+
     While held, the lock is refreshed every ``heartbeat`` seconds (default: a third of
     ``ttl``, at most a minute); a broken lock is noticed (:meth:`FleetLock.check`).
 
@@ -305,7 +312,7 @@ def fleet_lock(
     """
     _check_app(app)
     _check_deploy_id(deploy_id)
-    if kind not in ("deploy", "rollback"):
+    if record and kind not in ("deploy", "rollback"):
         raise ConfigError(f"kind must be 'deploy' or 'rollback', not {kind!r}")
     if ttl <= 0:
         raise ConfigError(f"lock ttl must be positive, not {ttl!r}")
@@ -313,7 +320,8 @@ def fleet_lock(
         raise ConfigError(f"lock wait must be 0 or more seconds, not {wait!r}")
     holder = LockHolder.for_this_process(deploy_id, app, nest_token)
     options: dict[str, Any] = {"kind": kind, "version_from": version_from,
-                               "version_to": version_to, "strategy": strategy, "forks": forks}
+                               "version_to": version_to, "strategy": strategy, "forks": forks,
+                               "record": record}
     reentrant = [i for i in (outer or outer_deploy_id(),) if i and i != deploy_id]
     began = time.monotonic()
     while True:
@@ -354,7 +362,8 @@ def _acquire_fleet(conns: Sequence[Connection], app: str, holder: LockHolder, tt
     def take(conn: Connection) -> None:
         try:
             attempts[conn.name] = acquire_lock(conn, app, holder, ttl=ttl, break_lock=break_lock,
-                                               entries=[lock.entry("start", conn.name)],
+                                               entries=[lock.entry("start", conn.name)]
+                                               if lock.record else [],
                                                reentrant=reentrant, proof=proof)
         except DeployError as exc:
             attempts[conn.name] = exc

@@ -38,7 +38,9 @@ HEARTBEAT_MAX = 60.0
 RESULTS = ("succeeded", "failed", "rolled_back", "aborted")
 """The results an ``end`` history entry may carry."""
 DeployResult = Literal["succeeded", "failed", "rolled_back", "aborted"]
-Kind = Literal["deploy", "rollback"]
+Kind = Literal["deploy", "rollback", "maintenance", "prune"]
+"""What holds a lock: deploys and rollbacks record start/end entries; maintenance and prune
+(``record=False``) write their own."""
 
 _APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _DEPLOY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")

@@ -131,7 +131,11 @@ class RunLike(Protocol):
     """What :meth:`StrategyRun.over` needs of a run (:class:`~deploykit.pipeline.run.Run`)."""
 
     deploy_id: str
-    reporter: Reporter
+
+    @property
+    def reporter(self) -> Reporter:
+        """The runner's reporter for every phase."""
+        ...
 
     def strategy_event(self, event: PhaseEvent) -> None:
         """Receive a strategy's typed phase event."""

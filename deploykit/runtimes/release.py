@@ -29,6 +29,7 @@ from deploykit.inventory import Host
 from deploykit.journal import RUNS_DIR
 from deploykit.runtimes import ledger
 from deploykit.secrets import Secret
+from deploykit.shell import quote
 from deploykit.strategies.base import (
     COLORS,
     ColourState,
@@ -37,7 +38,7 @@ from deploykit.strategies.base import (
     Runtime,
     StepList,
 )
-from deploykit.tasks import files, http, nginx, releases, services
+from deploykit.tasks import files, http, nginx, releases, services, system
 
 __all__ = ["ReleaseRuntime", "ReleaseSpec"]
 
@@ -184,6 +185,7 @@ class ReleaseRuntime(Runtime):
         spec = self.spec
         rdir = releases.release_dir(spec.app, spec.release_id)
         return [*self.env_steps(),
+                *self.shared_env_steps(first=True),
                 releases.install(spec.app, spec.artifact, shared_files=()),
                 files.symlink(f"{rdir}/.env", spec.env_path, force=True,
                               name=f"link {spec.release_id}/.env"),
@@ -248,8 +250,32 @@ class ReleaseRuntime(Runtime):
 
     def finish_steps(self, color: str) -> StepList:
         spec = self.spec
-        return [releases.switch(spec.app, spec.release_id),
+        return [releases.switch(spec.app, spec.release_id, allow_failed=True),
+                *self.shared_env_steps(),
                 releases.cleanup(spec.app, keep=spec.keep_releases)]
+
+    def shared_env_steps(self, *, first: bool = False) -> StepList:
+        """``shared/.env``: a copy of the live release's environment file for people and
+        tools (``invoke verify`` suites), written once the release is verified (``first``:
+        at install, only when there is none yet). No program reads it: a colour reads its
+        release's own file."""
+        spec = self.spec
+        shared = f"{releases.DEFAULT_ROOT}/{spec.app}/shared"
+        owner = spec.env_owner or spec.app_user
+        directory = files.directory(shared, mode=0o755, recursive=True)
+        copy = ["install", "-m", f"{spec.env_mode:o}", "-o", owner, "-g", spec.app_user,
+                spec.env_path, f"{shared}/.env"]
+        if first:
+            return [directory, system.command(copy, creates=f"{shared}/.env",
+                                              name="shared .env: the first release's")]
+        if spec.env is not None:
+            env = spec.env if isinstance(spec.env, Secret) else Secret(spec.env)
+            return [directory, files.file(f"{shared}/.env", env, mode=spec.env_mode,
+                                          owner=owner, group=spec.app_user,
+                                          name="shared .env: the live one")]
+        return [directory, system.command(
+            copy, unless=f"cmp -s {quote(spec.env_path)} {quote(shared + '/.env')}",
+            name="shared .env: the live one")]
 
     def check_steps(self, color: str) -> StepList:
         spec = self.spec

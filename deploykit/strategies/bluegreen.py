@@ -232,11 +232,12 @@ class BlueGreenStrategy(Strategy):
             steps.append(suite)
         return steps
 
-    def verify(self, ctx: StrategyContext, color: str) -> bool:
-        """Verify the live ``color`` through nginx (a release left unverified)."""
-        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color), undo="none",
-                                  color=color)
-        return not part.failed
+    def verify(self, ctx: StrategyContext, color: str) -> str | None:
+        """Verify the live ``color`` through nginx (a release left unverified): None when
+        it passed, else why not."""
+        part = self.runner_for(ctx).run(Phase.VERIFY, self.verify_steps(ctx, color),
+                                        undo="none", color=color)
+        return first_failure(part) if part.failed else None
 
     def finish(self, ctx: StrategyContext, color: str, previous: str | None) -> None:
         """``verified`` in the ledger, the runtime's finish (current link, pruning), the
@@ -363,7 +364,8 @@ class BlueGreenStrategy(Strategy):
             return run.outcome(self, "checked", active, active,
                                f"{release} serves on {active} but never passed "
                                f"verification on {', '.join(unverified)}: would verify it")
-        if self.verify(ctx, active):
+        why = self.verify(ctx, active)
+        if why is None:
             old = other(active)
             running = any(s.colors.get(old) and s.colors[old].running
                           for s in fleet.hosts.values())
@@ -371,10 +373,10 @@ class BlueGreenStrategy(Strategy):
             return run.outcome(self, "deployed", active, old,
                                f"{release} serves on {active}: verified now (it served "
                                f"unverified on {', '.join(unverified)})")
-        return self._switch_back_unverified(ctx, run, fleet, active)
+        return self._switch_back_unverified(ctx, run, fleet, active, why)
 
     def _switch_back_unverified(self, ctx: StrategyContext, run: PhaseRunner,
-                                fleet: FleetState, active: str) -> DeployOutcome:
+                                fleet: FleetState, active: str, why: str) -> DeployOutcome:
         """An unverified live release failed verification: the old colour is started
         (when stopped), gated and takes the traffic back; the release is ``failed``."""
         runtime, release, old = ctx.runtime, ctx.runtime.release_id, other(active)
@@ -390,7 +392,7 @@ class BlueGreenStrategy(Strategy):
         hosts = self.after_failure(ctx, active, mark=True)
         return run.outcome(self, "rolled_back", old, active,
                            f"{release} served on {active} without having passed "
-                           f"verification and failed it now; "
+                           f"verification and failed it now ({why}); "
                            + "; ".join(o.describe() for o in hosts.values()), hosts=hosts)
 
     def _repair(self, ctx: StrategyContext, run: PhaseRunner, fleet: FleetState) -> str | None:

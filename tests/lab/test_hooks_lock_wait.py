@@ -250,7 +250,7 @@ def test_retry_failed_deploys_to_the_unreachable_host_only(project: Pipeline,
 
 def test_the_sentinel_secret_is_nowhere(project: Pipeline) -> None:
     # the .env on the host holds it, as it must: the search can find it
-    env = project.infra("web-1").file(f"/srv/{APP}/shared/.env").content_string
+    env = project.infra("web-1").file(f"/srv/{APP}/current/.env").content_string
     assert f"SECRET_KEY={SENTINEL}" in env
     texts = {str(f): f.read_text() for f in sorted(project.runs.iterdir())}
     assert any(name.endswith(".log") for name in texts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -24,7 +25,7 @@ import pytest
 import testinfra.host
 import yaml
 
-from deploykit import pg
+from deploykit import journal, pg
 from deploykit.connection import Connection
 from deploykit.inventory import Inventory
 from deploykit.tasks import http
@@ -222,6 +223,22 @@ def test_follow_stops_cleanly_on_sigint_and_leaves_no_process_on_the_hosts(ops: 
 def _from_db_host(ops: Ops, url: str) -> str:
     return ops.lab.nsenter("db-1", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                     url]).stdout
+
+
+def test_maintenance_waits_for_no_deploy_it_is_refused_while_one_holds_the_lock(
+        deployed: Ops) -> None:
+    """issue 16 item 4: maintenance takes the one lock (a deploy mid-switch is never
+    put into maintenance behind its back); nothing changes while another holds it."""
+    ops = deployed
+    conns = [ops.ssh(h) for h in WEB]
+    with journal.fleet_lock(conns, APP, "a-deploy-1"):
+        done = ops.cli("maintenance", "on")
+    assert done.returncode == 1
+    assert re.match(r"error: locked by \S+ \(deploy a-deploy-1, ", done.stderr), done.stderr
+    for host in WEB:
+        assert not is_on(ops.ssh(host), APP)
+        assert ops.history(host, "maintenance") == []
+        assert journal.lock_status(ops.ssh(host), APP) is None
 
 
 def test_maintenance_answers_503_except_health_and_allowed_addresses(deployed: Ops) -> None:

@@ -559,7 +559,7 @@ def test_verify_suite_runs_the_testinfra_suite_per_host(pipeline: Pipeline) -> N
     junit = re.search(r"JUnit XML: (\S+\.junit\.xml)", good.stdout)
     assert junit is not None and Path(junit.group(1)).exists()
 
-    env = f"/srv/{APP}/shared/.env"
+    env = f"/srv/{APP}/current/.env"  # the live release's own environment file
     pipeline.ssh("web-2").run(["chmod", "0644", env])
     try:
         broken = pipeline.cli("verify", "--suite", suite, "--host", "web-2")
@@ -595,7 +595,7 @@ def test_no_secret_in_any_report_log_or_history(pipeline: Pipeline) -> None:
     secrets = {password.reveal(), urllib.parse.quote(password.reveal(), safe=""),
                SLACK_SECRET}
     # the grep can find them: the .env on the hosts holds the password, as it must
-    dotenv = pipeline.infra("web-1").file(f"/srv/{APP}/shared/.env").content_string
+    dotenv = pipeline.infra("web-1").file(f"/srv/{APP}/current/.env").content_string
     assert urllib.parse.quote(password.reveal(), safe="") in dotenv
     files = [*sorted(pipeline.runs.iterdir()), pipeline.root / "v2-report.json"]
     assert len([f for f in files if f.suffix == ".log"]) >= 8

@@ -23,6 +23,7 @@ import pytest
 from test_pipeline import APP, HOSTS, WEB, Pipeline, deploy_id, error_lines, pipeline
 
 from deploykit import journal
+from deploykit.testing.load import LoadLoop
 
 pytestmark = pytest.mark.lab
 __all__ = ["pipeline"]
@@ -106,6 +107,48 @@ def on_hosts(p: Pipeline, script: str, hosts: tuple[str, ...] = HOSTS) -> None:
     for host in hosts:
         done = p.lab.nsenter(host, ["sh", "-c", script])
         assert done.returncode == 0, done.stderr
+
+
+def backups(p: Pipeline) -> list[str]:
+    found = p.lab.nsenter("db-1", ["sh", "-c", f"ls {BACKUPS} 2>/dev/null || :"]).stdout
+    return sorted(found.split())
+
+
+def test_check_mode_lists_the_pending_migrations(fleet: Pipeline) -> None:
+    before = {h: release_state(fleet, h) for h in HOSTS}
+    done = fleet.deploy("--version", "v2", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"1 pending migration\(s\): 0002\S*", done.stdout), done.stdout
+    assert {h: release_state(fleet, h) for h in HOSTS} == before
+
+
+def test_bluegreen_release_story_under_load_then_rollback_to_what_served_before(
+        fleet: Pipeline) -> None:
+    """bluegreen x release through invoke: v1 -> v2 under a bounded load loop with no failed
+    request, a broken version that never takes traffic, then `invoke rollback` (no --to)
+    back to what served before v2; status, history and verify tell the truth after each."""
+    urls = [f"http://{fleet.address(h)}/version" for h in WEB]
+    with LoadLoop(urls, threads=2, pause=0.05, max_seconds=280) as load:
+        done = fleet.deploy("--version", "v2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        broken = fleet.deploy("--version", "v3-broken")
+        assert broken.returncode == 1
+    assert load.stats.errors == 0, load.stats.summary()
+    assert set(load.stats.versions) <= {"v1", "v2"}, load.stats.summary()
+    assert [fleet.serving(h) for h in WEB] == ["v2", "v2"]
+    rows = json.loads(fleet.cli("status", "--json", "-").stdout)
+    assert [(r["name"], r["version"]) for r in rows if r["role"] == "web"] == \
+        [("web-1", "v2"), ("web-2", "v2")]
+    history = json.loads(fleet.cli("history", "--json", "-", "--limit", "2").stdout)
+    assert [(r["version_to"], r["result"]) for r in history] == \
+        [("v2", "succeeded"), ("v3-broken", "failed")]
+    back = fleet.cli("rollback", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert [fleet.serving(h) for h in WEB] == ["v1", "v1"]
+    assert fleet.cli("verify").returncode == 0
+    last = json.loads(fleet.cli("history", "--json", "-", "--limit", "1").stdout)[-1]
+    assert (last["kind"], last["version_to"], last["result"]) == ("rollback", "v1", "succeeded")
+    assert set(last["version_from"].values()) == {"v2"}
 
 
 def test_a_live_deploy_keeps_its_lock_against_break_lock_impostors_and_clock_jumps(
@@ -210,23 +253,29 @@ def test_a_history_end_entry_that_cannot_be_written_keeps_the_lock_and_says_so(
 
 def test_a_queued_deploy_interrupted_after_the_lock_keeps_what_the_other_deployed(
         fleet: Pipeline) -> None:
-    fleet.ensure("v1")
+    """issue 21 item 1: B waits for the lock while another run changes the fleet (here a
+    rollback v2 -> v1, nested in the lock this test holds); B gets the lock and is
+    interrupted at once: it must leave what the other run left serving (old code put
+    back the v2 it had read before waiting)."""
+    assert [fleet.serving(h) for h in WEB] == ["v2", "v2"]
     conns = [fleet.ssh(h) for h in HOSTS]
     token = "nest-" + "9" * 27
     argv, env = fleet.command("deploy", "--yes", "--version", "v2", "--lock-wait", "5m")
-    with journal.fleet_lock(conns, APP, "other-deploy-1", nest_token=token) as lock:
+    with journal.fleet_lock(conns, APP, "other-run-1", nest_token=token) as lock:
         waiting = subprocess.Popen(argv, cwd=fleet.project_root, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # the other deploy (nested in the lock this test holds) moves the fleet to v2
-        other = fleet.deploy("--version", "v2", extra_env={
-            "DEPLOYKIT_DEPLOY_ID": "other-deploy-1", "DEPLOYKIT_LOCK_TOKEN": token})
+        assert waiting.stdout is not None
+        seen = ""
+        for text in waiting.stdout:  # B has read the fleet (v2) and waits for the lock
+            seen += text
+            if text.startswith("== lock"):
+                break
+        other = fleet.cli("rollback", "--yes", extra_env={
+            "DEPLOYKIT_DEPLOY_ID": "other-run-1", "DEPLOYKIT_LOCK_TOKEN": token})
         assert other.returncode == 0, other.stdout + other.stderr
         lock.end("succeeded")
-    assert [fleet.serving(h) for h in WEB] == ["v2", "v2"]
-    # the queued deploy gets the lock; one Ctrl-C right then
-    assert waiting.stdout is not None
-    seen = ""
-    for text in waiting.stdout:
+    assert [fleet.serving(h) for h in WEB] == ["v1", "v1"]
+    for text in waiting.stdout:  # the queued deploy gets the lock; one Ctrl-C right then
         seen += text
         if " locked on " in text:
             waiting.send_signal(signal.SIGINT)
@@ -234,34 +283,20 @@ def test_a_queued_deploy_interrupted_after_the_lock_keeps_what_the_other_deploye
     out, err = waiting.communicate(timeout=300)
     out = seen + out
     assert waiting.returncode == 130, out + err
-    assert [fleet.serving(h) for h in WEB] == ["v2", "v2"]
+    assert [fleet.serving(h) for h in WEB] == ["v1", "v1"]
     for host in WEB:
         current = fleet.lab.nsenter(host, ["readlink", f"/srv/{APP}/current"]).stdout
-        assert current.strip().endswith("/v2"), current
+        assert current.strip().endswith("/v1"), current
     did = deploy_id(out)
     for host in WEB:
         end = [e for e in fleet.history(host) if e["id"] == did and e["event"] == "end"]
         assert end and end[-1]["result"] == "aborted"
-        assert end[-1]["version_from"] == "v2"  # what served when it had the lock
-
-
-def backups(p: Pipeline) -> list[str]:
-    found = p.lab.nsenter("db-1", ["sh", "-c", f"ls {BACKUPS} 2>/dev/null || :"]).stdout
-    return sorted(found.split())
-
-
-def test_check_mode_lists_the_pending_migrations(fleet: Pipeline) -> None:
-    fleet.ensure("v1")
-    before = {h: release_state(fleet, h) for h in HOSTS}
-    done = fleet.deploy("--version", "v2", "--check")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"1 pending migration\(s\): 0002\S*", done.stdout), done.stdout
-    assert {h: release_state(fleet, h) for h in HOSTS} == before
+        assert end[-1]["version_from"] == "v1"  # what served when it had the lock
 
 
 def test_split_colours_are_refused_before_backup_and_hooks_and_a_noop_takes_no_backup(
         fleet: Pipeline) -> None:
-    fleet.ensure("v1")
+    assert [fleet.serving(h) for h in WEB] == ["v1", "v1"]
     moved = fleet.deploy("--host", "web-2", "--version", "v2")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     kept = backups(fleet)
