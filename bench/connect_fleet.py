@@ -52,8 +52,9 @@ def main() -> int:
         inventory = Inventory.from_dict(lab.inventory(), source="<bench lab>")
         live = [inventory.host(s.name) for s in lab.specs]
         used = set(lab.addresses().values()) | {lab.gateway}
+        first = int(lab.network[2])
         free = [str(a) for a in lab.network.hosts() if str(a) not in used
-                and a > lab.network[1]][:args.dead]
+                and int(a) >= first][:args.dead]
         hosts = live + [dataclasses.replace(live[0], name=f"dead-{i}", address=a)
                         for i, a in enumerate(free)]
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())

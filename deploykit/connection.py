@@ -58,8 +58,11 @@ from deploykit.transfer import (
     cancel_transfers,
     check_cancelled,
     file_sha256,
+    operation,
     resume_transfers,
     send_input,
+    start_ticket,
+    upload_script,
 )
 
 if TYPE_CHECKING:
@@ -295,7 +298,7 @@ class Connection(SshLogin):
         A timeout, an interrupt or :func:`cancel_transfers` ends the command's remote
         processes (see :meth:`_stop_remote`).
         """
-        check_cancelled()
+        ticket = start_ticket()
         to_log = render(command)[1]
         self.secrets.update(secrets_in(command))
         command, env = _secrets_to_env(command, env)
@@ -316,9 +319,9 @@ class Connection(SshLogin):
             chan.exec_command(to_send)
             try:
                 if send_input(chan, prefix, stdin.encode() if isinstance(stdin, str)
-                               else stdin):
+                              else stdin, ticket=ticket):
                     chan.shutdown_write()
-                self._collect(chan, started, limit, to_log, out_parts, err_parts)
+                self._collect(chan, started, limit, to_log, out_parts, err_parts, ticket)
             except BaseException:  # a timeout, Ctrl-C, SIGTERM: the command stops too
                 self._stop_remote(chan, err_parts, sudo)
                 raise
@@ -412,11 +415,11 @@ class Connection(SshLogin):
                                      host=self.name, exit_code=code, stderr=detail)
 
     def _collect(self, chan: paramiko.Channel, started: float, limit: float | None,
-                 to_log: str, out: list[bytes], err: list[bytes]) -> None:
+                 to_log: str, out: list[bytes], err: list[bytes], ticket: int = 0) -> None:
         """Read the command's stdout and stderr into ``out`` and ``err`` until its EOF;
         RemoteCommandError when ``limit`` seconds have passed since ``started``."""
         while True:
-            check_cancelled()
+            check_cancelled(ticket)
             while chan.recv_ready():
                 out.append(chan.recv(_READ_SIZE))
             while chan.recv_stderr_ready():
@@ -499,50 +502,25 @@ class Connection(SshLogin):
         chunks (memory stays bounded, time linear in its size); an interrupt or
         :func:`cancel_transfers` stops the upload and removes the temporary file.
         """
-        payload: bytes | None = None
-        if isinstance(data, Path):
-            digest, size = file_sha256(data)
-        else:
-            payload = data.encode() if isinstance(data, str) else data
-            digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
-        if skip_identical and self.sha256(remote_path, sudo=sudo) == digest:
-            return False
-        dest = quote(remote_path)
-        steps = [
-            "set -e",
-            f'tmp=$(mktemp "$(dirname -- {dest})/.dk-upload.XXXXXX")',
-            "trap 'rm -f \"$tmp\"' EXIT",
-            "trap 'exit 143' TERM INT HUP",  # a stopped upload leaves no temporary file
-            # exactly DK_SIZE bytes, then the controller's confirmation that what it sent
-            # has the SHA-256 it announced (the local file did not change meanwhile); SSH's
-            # MAC guards the bytes in transit, so the host does not hash them again
-            'head -c "$DK_SIZE" > "$tmp" || :',
-            'got=$(wc -c < "$tmp")',
-            '[ "$got" = "$DK_SIZE" ] || '
-            '{ echo "upload incomplete: $got of $DK_SIZE bytes written" >&2; exit 3; }',
-            'IFS= read -r confirmed || :',
-            '[ "$confirmed" = "sent $DK_SHA256" ] || '
-            '{ echo "upload not confirmed: the local file changed while it was sent" >&2; '
-            "exit 3; }",
-        ]
-        if mode is not None:
-            steps.append(f'chmod {mode:o} "$tmp"')
-        else:
-            steps.append(f'if [ -e {dest} ]; then chmod --reference={dest} "$tmp"; '
-                         f'else chmod 644 "$tmp"; fi')
-        if owner or group:
-            steps.append(f'chown {quote((owner or "") + (":" + group if group else ""))} "$tmp"')
-        steps += [f'mv -f -- "$tmp" {dest}', "trap - EXIT"]
-        script = "\n".join(steps)
-        env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
-        if payload is not None:
-            self.run(script, sudo=sudo, env=env,
-                     stdin=ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
+        with operation() as ticket:  # a cancel while hashing stops the whole upload
+            payload: bytes | None = None
+            if isinstance(data, Path):
+                digest, size = file_sha256(data, ticket)
+            else:
+                payload = data.encode() if isinstance(data, str) else data
+                digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
+            if skip_identical and self.sha256(remote_path, sudo=sudo) == digest:
+                return False
+            script = upload_script(remote_path, mode=mode, owner=owner, group=group)
+            env: dict[str, str | Secret] = {"DK_SHA256": digest, "DK_SIZE": str(size)}
+            if payload is not None:
+                self.run(script, sudo=sudo, env=env,
+                         stdin=ConfirmedReader(io.BytesIO(payload), size, digest, verify=False))
+                return True
+            assert isinstance(data, Path)
+            with data.open("rb") as source:
+                self.run(script, sudo=sudo, env=env, stdin=ConfirmedReader(source, size, digest))
             return True
-        assert isinstance(data, Path)
-        with data.open("rb") as source:
-            self.run(script, sudo=sudo, env=env, stdin=ConfirmedReader(source, size, digest))
-        return True
 
     def get(self, remote_path: str, local_path: str | Path | None = None, *,
             sudo: bool | None = None) -> bytes:

@@ -31,7 +31,7 @@ def _unused(lab: Lab, count: int) -> list[str]:
     used = set(lab.addresses().values()) | {lab.gateway}
     network = lab.network
     free = [str(a) for a in network.hosts() if str(a) not in used
-            and a != network.broadcast_address and a > network[2]]
+            and int(a) > int(network[2])]
     assert len(free) >= count, free
     return free[-count:]
 

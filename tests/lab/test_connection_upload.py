@@ -99,8 +99,7 @@ def test_a_cancelled_upload_stops_and_leaves_nothing(conn: Connection, tmp_path:
     worker.join(timeout=30)
     assert not worker.is_alive(), "the upload did not stop"
     assert len(outcome) == 1 and isinstance(outcome[0], TransferCancelled), outcome
-    connection_module.resume_transfers()
-    assert _leftovers(conn) == []
+    assert _leftovers(conn) == []  # a command started after the cancel runs normally
 
 
 def test_an_interrupted_upload_stops_and_leaves_nothing(conn: Connection,
