@@ -134,7 +134,9 @@ class FabricConnection(Connection):
         super().__init__(host, **options)
         self.fabric = fc
 
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self, sock: Any = None) -> paramiko.SSHClient:
+        """The fabric Connection's client, opened strictly (``sock`` is not used: fabric
+        makes its own, through its gateway when it has one)."""
         secure(self.fabric, self.host.known_hosts or _known_hosts(self.fabric, None))
         transport = self.fabric.client.get_transport()
         if transport is not None and self.keepalive:
