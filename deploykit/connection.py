@@ -79,6 +79,10 @@ logging.getLogger("paramiko").propagate = False
 
 _READ_SIZE = 65536
 _SID_TAG = b"\x1edk-sid "
+_SUDO_REFUSED = re.compile(r"^sudo: (a password is required|a terminal is required)"
+                           r"|^Sorry, user \S+ is not allowed to execute"
+                           r"|is not in the sudoers file", re.MULTILINE)
+"""What ``sudo -n`` prints when the login user may not run the command without a password."""
 # The session id of the remote shell, read without starting a process (field 6 of
 # /proc/$$/stat; sshd starts each command in a session of its own, and sudo's use_pty a
 # new one): the first stderr line of every command run() sends, stripped from its result.
@@ -215,6 +219,11 @@ class Connection(SshLogin):
                 self._jump.close()
                 self._jump = None
 
+    def _sudo_refused(self, sudo: bool | None, stderr: str) -> bool:
+        """True when sudo itself refused the command (no passwordless right for it)."""
+        become = self.host.become if sudo is None else sudo
+        return bool(become and self.host.user != "root" and _SUDO_REFUSED.search(stderr))
+
     @property
     def needs_proxy(self) -> bool:
         """True when the host is reached through a jump host (no direct TCP connect)."""
@@ -346,6 +355,14 @@ class Connection(SshLogin):
         )
         self.log.append(LoggedCommand(to_log, write, exit_code))
         log.debug("%s: %s -> %d (%.3fs)", self.name, to_log, exit_code, result.duration)
+        if exit_code == 1 and self._sudo_refused(sudo, result.stderr):
+            raise RemoteCommandError(
+                f"sudo -n refused to run {to_log!r} as root for {self.host.user} on "
+                f"{self.name}: {result.stderr.strip().splitlines()[-1]} (become needs "
+                f"passwordless sudo for {self.host.user}: a sudoers rule such as "
+                f"'{self.host.user} ALL=(root) NOPASSWD: ALL')",
+                host=self.name, task=task, exit_code=exit_code, stdout=result.stdout,
+                stderr=result.stderr)
         if check and result.failed:
             detail = (result.stderr or result.stdout).strip()[-2000:]
             raise RemoteCommandError(

@@ -12,12 +12,14 @@ known_hosts file is ``DEPLOYKIT_KNOWN_HOSTS`` when set, else the ssh_config's or
 from __future__ import annotations
 
 import os
+import sys
 
 from fabric import Connection, Group, task
 
 from deploykit.fabric_interop import run_on_fabric
 from deploykit.report import format_recap_plain
 from deploykit.result import RunReport
+from deploykit.secrets import redact
 from deploykit.tasks import files
 
 
@@ -27,6 +29,11 @@ def _known_hosts() -> str | None:
 
 def _finish(report: RunReport) -> RunReport:
     print(format_recap_plain(report))
+    for name, host in report.hosts.items():  # why a host failed, not only that it did
+        problems = ([host.error] if host.error else []) + [
+            f"{r.task}: {r.message}" for r in host.results if r.failed]
+        for text in problems:
+            print(redact(f"error: {name}: {text}", report.secrets), file=sys.stderr)
     if report.failed:
         raise SystemExit(1)
     return report

@@ -75,9 +75,9 @@ def _op_id(project: Project, kind: str) -> str:
     "forks": "at most this many hosts at once (default 10)"})
 @reports_errors
 def exec_task(c: Context, command: str, host: str | None = None, group: str | None = None,
+              environment: str | None = None, inventory: str | None = None,
               sudo: bool = False, check: bool = False, timeout: float = 600.0,
-              forks: int = 10,
-        environment: str | None = None, inventory: str | None = None) -> None:
+              forks: int = 10) -> None:
     """Run a shell command on many hosts in parallel; non-zero exit if any host failed."""
     project = _project(c, None, None, environment, inventory)
     hosts = select_hosts(project.inventory, project.hosts, host=host, group=group)

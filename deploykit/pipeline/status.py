@@ -17,6 +17,7 @@ from deploykit.pipeline.fleet import connected, fleet_views, host_view, in_paral
 from deploykit.pipeline.project import Project
 from deploykit.tasks import http, services
 from deploykit.tasks.maintenance import maintenance_status
+from deploykit.tunnel import Tunnel
 
 log = logging.getLogger("deploykit.pipeline.status")
 
@@ -117,16 +118,27 @@ def history_records(project: Project, limit: int = 20) -> list[dict[str, Any]]:
     return rows[-limit:]
 
 
+def _get(conn: Connection, path: str) -> http.Response:
+    """``GET http://<host>/path`` through nginx: from the controller, or through an SSH
+    port forward when the host is reached through a jump host (nothing else reaches it)."""
+    address = conn.host.address
+    if not conn.needs_proxy:
+        return http.request(f"http://{address}{path}")
+    with Tunnel(conn, address, 80) as port:
+        return http.request(f"http://127.0.0.1:{port}{path}", headers={"Host": address})
+
+
 def verify_fleet(project: Project, out: Display) -> bool:
     """``invoke verify``: health and version of every web host, through nginx."""
     cfg = project.config
     with connected(project.web, project.known_secrets()) as conns:
         views = fleet_views(conns, project.web, cfg.app)
+        answers = {h.name: (_get(conns[h.name], cfg.health_path),
+                            _get(conns[h.name], cfg.version_path)) for h in project.web}
     good = True
     for h in project.web:
         expected = views[h.name].version
-        health = http.request(f"http://{h.address}{cfg.health_path}")
-        version = http.request(f"http://{h.address}{cfg.version_path}")
+        health, version = answers[h.name]
         problems = []
         try:
             if health.status != 200 or health.json().get("status") != "ok":

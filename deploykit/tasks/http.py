@@ -619,7 +619,7 @@ class HttpTask(Observation):
         url = fill_url(self.url, conn)
         result.data["url"] = url
         try:
-            if self.via_ssh:
+            if self.via_ssh or conn.needs_proxy:
                 self._through_tunnel(conn, url, result)
             else:
                 self._checked(url, self.headers, result)

@@ -42,6 +42,7 @@ import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from deploykit.artifacts import Artifact, check_name
@@ -407,6 +408,8 @@ class InstallTask(_AppTask):
             link = quote(f"{self.path}/{p}")
             lines.append(f"if [ -L {link} ]; then printf 'link %s ' {quote(p)}; "
                          f"readlink -- {link}; fi")
+        if not Path(self.artifact.path).is_file():  # an installed release (a rollback)
+            return {"shared": "\n".join(lines) or ":", "env": ":"}
         env = environments.probe_script(self.base, self.dependencies, self.python)
         return {"shared": "\n".join(lines) or ":",
                 "env": f"if [ ! -f {quote(f'{self.path}/{RECORD}')} ]; then\n{env}\nfi"}
