@@ -74,6 +74,7 @@ from deploykit.pg import url as pg_url
 from deploykit.secrets import REDACTED, LazySecret, Secret, resolve_source
 from deploykit.task import Facts
 from deploykit.tasks.checks import DEFAULT_WEAK_VALUES, ControllerCheck, Verdict
+from deploykit.tasks.nginx import check_server_name
 from deploykit.yamlsafe import YamlLimitError, short_repr
 from deploykit.yamlsafe import load as load_yaml
 
@@ -531,7 +532,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> DeployConfig:
         artifacts=(base / values["artifacts"]).resolve(), runs=(base / values["runs"]).resolve(),
         wheelhouse=(base / values["wheelhouse"]).resolve() if values["wheelhouse"] else None,
         strategy=values["strategy"], ports=dict(values["ports"]), command=list(values["command"]),
-        app_user=values["app_user"], server_name=values["server_name"],
+        app_user=values["app_user"],
+        server_name=check_server_name(values["server_name"], f"{path.name}: server_name"),
         health_path=values["health_path"], version_path=values["version_path"],
         health_retries=int(values["health_retries"]),
         health_interval=float(values["health_interval"]),

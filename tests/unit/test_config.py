@@ -193,6 +193,14 @@ def test_render_env_refuses_every_line_break(tmp_path: Path, value: str) -> None
     assert "999999999" not in str(raised.value)
 
 
+@pytest.mark.parametrize("name", ["~^(www", "$host", "a b", "shop;evil", "a|b"])
+def test_a_hostile_server_name_is_refused_when_the_config_is_read(tmp_path: Path,
+                                                                  name: str) -> None:
+    """Issue 21: refused before the idle colour is prepared (before anything connects)."""
+    with pytest.raises(ConfigError, match=r"server_name: invalid server_name"):
+        parse(tmp_path, server_name=name)
+
+
 def test_render_env_is_inert_when_sourced(tmp_path: Path) -> None:
     """Issue 21 item 12: command substitution and variables stay text for a shell."""
     cfg = parse(tmp_path, db=None, env={"CMD": "$(touch /tmp/pwned) `id` $HOME"})
