@@ -122,10 +122,8 @@ def main() -> int:
                 work.mkdir(exist_ok=True)
 
                 def py(pairs: list[tuple[str, str]] = pairs, work: Path = work) -> float:
-                    # pyinfra_side is imported by its script path, so mypy sees Any here
-                    seconds: float = run_pyinfra(pairs, str(lab.identity_file),
-                                                 str(lab.known_hosts), workdir=work)
-                    return seconds
+                    return run_pyinfra(pairs, str(lab.identity_file), str(lab.known_hosts),
+                                       workdir=work)
                 pi = results.setdefault(f"pyinfra {count} host(s)", {})
                 pi["cold"] = median_time(args.runs, wipe(hosts), py)
                 pi["noop"] = median_time(args.runs, lambda: None, py)
