@@ -46,7 +46,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from deploykit.connection import Connection, LoggedCommand
 from deploykit.errors import DeployError
@@ -56,6 +56,9 @@ from deploykit.result import RunReport
 from deploykit.runner import Step
 from deploykit.secrets import Secret
 from deploykit.task import Task
+
+if TYPE_CHECKING:  # for annotations only: deploykit.verify is loaded by the phases that use it
+    from deploykit.verify import Verification
 
 __all__ = [
     "COLORS",
@@ -262,7 +265,7 @@ class DeployOutcome:
     """Every command sent, per host (secrets redacted)."""
     waits: dict[str, float] = field(default_factory=dict)
     """Per phase, the seconds its slowest host spent in health gates and verification."""
-    verifications: dict[str, object] = field(default_factory=dict)
+    verifications: dict[str, Verification] = field(default_factory=dict)
     """Per gate marker (``pre_switch``, ``post_switch``): the suite's results."""
     hosts: dict[str, HostOutcome] = field(default_factory=dict)
     """Per web host: what it serves after the run."""

@@ -79,8 +79,8 @@ class Fleet:
     def sh(self, host: str, script: str) -> str:
         return self.lab.nsenter(host, ["sh", "-c", script]).stdout
 
-    def serving(self, host: str) -> tuple[int, str | None]:
-        """HTTP status and version through the host's nginx."""
+    def serving(self, host: str) -> tuple[int | None, str | None]:
+        """HTTP status (None: no answer) and version through the host's nginx."""
         response = http.request(f"http://{self.inventory.host(host).address}/version",
                                 timeout=5.0)
         if response.status != 200:

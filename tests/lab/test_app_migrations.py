@@ -93,8 +93,8 @@ def serve(conn: Connection, contract: AppContract, release: ReleaseEnv, port: in
     its environment as the contract says); its PID."""
     web = contract.processes.web
     assert web is not None
-    values = {"port": port, "release": release.path, "shared": shared, "app": "x",
-              "version": version, "color": "blue"}
+    values: dict[str, str | int] = {"port": port, "release": release.path, "shared": shared,
+                                    "app": "x", "version": version, "color": "blue"}
     env = {**release.env, **web.env(**values)}
     argv = " ".join(quote(a) for a in web.argv(**values))
     out = conn.run(f"cd {quote(release.path)} && (setsid {argv} </dev/null "

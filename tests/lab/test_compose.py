@@ -97,7 +97,8 @@ def served(inventory: Inventory) -> set[str]:
 def test_up_twice_recreates_nothing_and_env_file_is_private(
         conns: dict[str, Connection], images: dict[str, str]) -> None:
     conn = conns["dock-1"]
-    env = {"IMAGE": images["v1"], "PORT": "8101", "API_TOKEN": TOKEN}
+    env: dict[str, compose.EnvValue] = {"IMAGE": images["v1"], "PORT": "8101",
+                                        "API_TOKEN": TOKEN}
     first = compose.up("solo", COMPOSE_FILE, env).run(conn)
     assert first.changed, first.message
     assert compose.wait_healthy("solo", ["web"], timeout=30).run(conn).ok
@@ -151,6 +152,7 @@ def test_bluegreen_v1_to_v2_under_load_then_rollback(
     first = bluegreen.deploy(plan_for("v1", images, source), web(inventory),
                                      deploy_id="compose-v1")
     assert first.result == "deployed", failures(first)
+    assert first.color is not None  # a deployed outcome names the colour serving
     assert served(inventory) == {"v1"}
 
     urls = [f"http://{h.address}/version" for h in web(inventory)]
@@ -189,6 +191,7 @@ def test_unhealthy_version_never_gets_traffic(
     base = bluegreen.deploy(plan_for("v1", images, source), web(inventory),
                                     deploy_id="shop-v1")
     assert base.result in ("deployed", "unchanged"), failures(base)
+    assert base.color is not None  # a deployed outcome names the colour serving
     with LoadLoop([f"http://{h.address}/version" for h in web(inventory)]) as load:
         broken = bluegreen.deploy(plan_for("v3-broken", images, source),
                                           web(inventory), deploy_id="shop-v3")
@@ -247,7 +250,8 @@ def test_lab_down_leaves_no_docker_process_mount_or_cgroup(
         docker_lab: Lab, conns: dict[str, Connection], images: dict[str, str]) -> None:
     conn = conns["dock-2"]
     compose.push_image(images["v1"], compose.HostDocker(conns["dock-1"])).run(conn)
-    env = {"IMAGE": images["v1"], "PORT": "8109", "API_TOKEN": TOKEN}
+    env: dict[str, compose.EnvValue] = {"IMAGE": images["v1"], "PORT": "8109",
+                                        "API_TOKEN": TOKEN}
     assert compose.up("leftover", COMPOSE_FILE, env).run(conn).ok
     # a container off the host network too: only its cgroup finds it
     conn.run(["docker", "run", "-d", "--network", "none", images["v1"], "sleep", "600"])

@@ -25,6 +25,7 @@ from deploykit.strategies.bluegreen import BlueGreenStrategy
 from deploykit.strategies.phases import PhaseRunner
 from deploykit.strategies.rolling import Rolling
 from deploykit.tasks.releases import SwitchTask
+from deploykit.tasks.services import ProgramTask
 from deploykit.verify import DeployContext, SuiteTask
 
 V, P, L, F, R = (ReleaseState.VERIFIED, ReleaseState.PREPARED, ReleaseState.LIVE,
@@ -99,7 +100,8 @@ def test_each_release_and_content_gets_its_own_env_file_read_by_its_program() ->
     paths = {one.env_path, two.env_path, changed.env_path}
     assert len(paths) == 3 and all(p.startswith("/srv/shop/env/") for p in paths)
     (program,) = ReleaseRuntime(two).start_steps("green")
-    assert program.spec.environment["APP_ENV_FILE"] == two.env_path  # type: ignore[attr-defined]
+    assert isinstance(program, ProgramTask)
+    assert program.spec.environment["APP_ENV_FILE"] == two.env_path
     rollback = two.for_rollback(artifact("v1"), one.env_path)
     assert rollback.env is None and rollback.env_path == one.env_path
     assert ReleaseRuntime(rollback).env_steps() == []  # a rollback writes no env file
