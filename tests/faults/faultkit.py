@@ -40,10 +40,10 @@ import yaml
 from rich.console import Console
 
 from deploykit import journal, pg
+from deploykit.cli import Output
 from deploykit.connection import Connection
 from deploykit.errors import DeployError
 from deploykit.inventory import Inventory
-from deploykit.cli import Output
 from deploykit.pipeline import DeployOptions, DeploySummary, Project
 from deploykit.pipeline import deploy as pipeline_deploy
 from deploykit.result import RunReport

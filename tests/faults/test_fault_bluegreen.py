@@ -131,14 +131,16 @@ def test_nginx_t_failing_on_the_new_config_switches_nothing(fleet: Fleet) -> Non
     # again once that host's switch has failed (before the undo reloads nginx)
     broken = "/etc/nginx/conf.d/zz-deploykit-fault.conf"
 
-    def plant(host: str) -> Callable[[], None]:
-        return lambda: fleet.lab.nsenter(host, ["sh", "-c", f"echo 'not nginx' > {broken}"])
+    def plant() -> None:
+        for host in WEB:
+            fleet.lab.nsenter(host, ["sh", "-c", f"echo 'not nginx' > {broken}"])
 
     def unplant(host: str) -> Callable[[], None]:
-        return lambda: fleet.lab.nsenter(host, ["rm", "-f", broken])
+        def remove() -> None:
+            fleet.lab.nsenter(host, ["rm", "-f", broken])
+        return remove
 
-    out = Tripwire().on(phase_line("switch traffic and verify it"),
-                        lambda: [plant(h)() for h in WEB])
+    out = Tripwire().on(phase_line("switch traffic and verify it"), plant)
     for host in WEB:
         out.on(step_line(host, "nginx: traffic to green", "failed"), unplant(host))
     try:

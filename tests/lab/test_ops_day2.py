@@ -280,7 +280,7 @@ RELEASE = ("d=/srv/sampleapp/releases/{name}; mkdir -p $d; "
 
 def _fleet_state(ops: Ops) -> dict[str, Any]:
     with pg.connect(ops.ssh("db-1")) as session:
-        databases = sorted(r[0] for r in session.execute(
+        databases = sorted(str(r[0]) for r in session.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE 'sampleapp%'").fetchall())
     return {"releases": {h: ops.sh(h, "ls /srv/sampleapp/releases") for h in WEB},
             "backups": ops.sh("db-1", "ls /var/backups/sampleapp"), "databases": databases}
