@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from deploykit import humanize
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError, LockHeldError
 from deploykit.journal.history import HistoryEntry, append_history, steps_summary
@@ -32,7 +33,6 @@ from deploykit.journal.ids import (
     Kind,
     _check_app,
     _check_deploy_id,
-    _human_age,
     _now_iso,
     nest_proof,
     outer_deploy_id,
@@ -334,7 +334,7 @@ def fleet_lock(
             if waited >= wait:
                 if wait:
                     raise LockHeldError(f"{error.message}; gave up after waiting "
-                                        f"{_human_age(waited)}") from None
+                                        f"{humanize.age(waited)}") from None
                 raise
             if on_wait is not None:
                 on_wait(error, waited)

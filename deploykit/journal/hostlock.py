@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deploykit import humanize
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, LockHeldError, TaskError
 from deploykit.journal.history import (
@@ -28,7 +29,6 @@ from deploykit.journal.ids import (
     _GUARD_WAIT,
     DEFAULT_LOCK_TTL,
     FUTURE_TOLERANCE,
-    _human_age,
     _now_iso,
     _who,
     state_dir,
@@ -160,20 +160,20 @@ class LockInfo:
             text = (f"locked by {h.who} (deploy {h.deploy_id}, pid {h.pid}) since {h.started} "
                     f"on {self.host}")
         if self.alive_here and (self.stale or breaking):
-            text += (f"; held for {_human_age(abs(self.age))} by the host's clock, yet its "
+            text += (f"; held for {humanize.age(abs(self.age))} by the host's clock, yet its "
                      f"holder (pid {self.holder.pid if self.holder else '?'}) is running "
                      f"on this controller: a live lock is never broken; wait for it, or "
                      f"stop it")
         elif self.ahead:
-            text += (f"; STALE: its time is {_human_age(-self.age)} in the future of the "
+            text += (f"; STALE: its time is {humanize.age(-self.age)} in the future of the "
                      f"host's clock (taken by a clock that was ahead, and not refreshed "
                      f"since); break it with --break-lock, or invoke unlock --force")
         elif self.stale:
-            text += (f"; STALE: held for {_human_age(self.age)}, longer than the lock TTL of "
-                     f"{_human_age(self.ttl)} (the deploy may have crashed); break it with "
+            text += (f"; STALE: held for {humanize.age(self.age)}, longer than the lock TTL of "
+                     f"{humanize.age(self.ttl)} (the deploy may have crashed); break it with "
                      f"--break-lock, or invoke unlock --force")
         else:
-            text += f"; held for {_human_age(self.age)}"
+            text += f"; held for {humanize.age(self.age)}"
         return text
 
 

@@ -118,14 +118,3 @@ def state_dir(app: str) -> str:
     return f"{STATE_ROOT}/{_check_app(app)}"
 
 
-def _human_age(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s // 60} min"
-    if s < 172800:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 86400} days"
-
-

@@ -34,6 +34,7 @@ nothing is left running on the hosts either way.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from deploykit import humanize
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError
 from deploykit.ops.stream import Stream, open_stream
@@ -73,7 +75,6 @@ SCAN_LINES = 10000
 """With ``since``, at most this many of each file's last lines are read."""
 
 _GLOB = re.compile(r"/[A-Za-z0-9_.*?+@/-]+\Z")
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)\Z")
 _MARK = "@@dk-"
 _MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -119,9 +120,9 @@ class LogLine:
 def parse_since(text: str, *, now: float | None = None) -> float:
     """Seconds back from now for ``10m``, ``2h``, ``90s``, ``1d``, or an ISO 8601 time
     (``2026-01-31T12:00:00Z``); a ConfigError otherwise."""
-    match = _SINCE.fullmatch(text.strip())
-    if match:
-        return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    with contextlib.suppress(ConfigError):  # a duration, in deploykit's one grammar
+        if text.strip():
+            return humanize.parse_duration(text, "--since")
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from deploykit import journal, pg
+from deploykit import humanize, journal, pg
 from deploykit.connection import Connection
 from deploykit.errors import ConfigError, DeployError
 from deploykit.tasks import postgres, releases, retention
@@ -149,7 +149,7 @@ def _backups(conn: Connection, s: PruneSettings) -> tuple[list[PruneItem], list[
 
     def detail(name: str) -> str:
         b = files[name]
-        return f"{b.size / 1e6:.1f} MB, {(now - b.mtime) / 3600:.1f} h old"
+        return f"{humanize.size(b.size)}, {humanize.age(now - b.mtime)} old"
 
     return ([PruneItem(conn.name, "backup", n, detail(n), f"{directory}/{n}")
              for n in rule.delete],

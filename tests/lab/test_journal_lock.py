@@ -225,7 +225,7 @@ def test_a_stale_lock_is_reported_not_broken_then_broken_on_request(ssh: Ssh,
             journal.fleet_lock(conns(ssh, "web-1"), app, "new-deploy", ttl=3600):
         pass
     assert "(deploy crashed-deploy, pid" in str(info.value)
-    assert "STALE: held for 2 h 00 min, longer than the lock TTL of 60 min" in str(info.value)
+    assert "STALE: held for 2.0 h, longer than the lock TTL of 60 min" in str(info.value)
     kept = holder_info(ssh, "web-1", app)
     assert kept is not None and kept.holder == crashed and kept.stale
 

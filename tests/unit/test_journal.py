@@ -178,7 +178,7 @@ def test_lock_message_names_holder_deploy_pid_time_and_host() -> None:
     stale = LockInfo(host="web-1", holder=holder, age=7500, ttl=3600)
     assert stale.stale and not fresh.stale
     assert stale.describe().endswith(
-        "on web-1; STALE: held for 2 h 05 min, longer than the lock TTL of 60 min (the deploy "
+        "on web-1; STALE: held for 2.1 h, longer than the lock TTL of 60 min (the deploy "
         "may have crashed); break it with --break-lock, or invoke unlock --force")
     assert LockInfo("db-1", None, 3).describe() == (
         "locked (holder unknown: no readable holder.json) on db-1; held for 3 s")
