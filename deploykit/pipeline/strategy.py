@@ -70,8 +70,10 @@ def check_runtime(name: str) -> str:
 def release_spec(project: Project, artifact: Artifact, *, database: bool = True) -> ReleaseSpec:
     """The release runtime's spec for ``artifact`` with the configured settings."""
     c = project.config
+    env = project.env()
     return ReleaseSpec(
-        c.app, artifact, project.env().text, database=project.database if database else None,
+        c.app, artifact, env.text, env_secrets=env.secrets,
+        database=project.database if database else None,
         ports=c.ports, command=tuple(c.command), app_user=c.app_user,
         server_name=c.server_name, health_path=c.health_path, version_path=c.version_path,
         health_retries=c.health_retries, health_interval=c.health_interval,

@@ -82,6 +82,9 @@ class ReleaseSpec:
     verify_suite: str | None = None
     verify_timeout: float = 300.0
     verify_report_dir: str = str(RUNS_DIR)
+    env_secrets: Sequence[Secret] | None = None
+    """The secret values inside ``env``, to redact (None: the whole ``env`` text is one
+    secret, and so is any run of 15 of its characters, host addresses included)."""
 
     def __post_init__(self) -> None:
         if sorted(self.ports) != sorted(COLORS):
@@ -148,6 +151,8 @@ class ReleaseRuntime(Runtime):
 
     @property
     def secrets(self) -> list[Secret]:
+        if self.spec.env_secrets is not None:
+            return list(self.spec.env_secrets)
         return [self.spec.env] if isinstance(self.spec.env, Secret) else []
 
     def program(self, color: str) -> str:

@@ -18,7 +18,7 @@ from deploykit.runtimes import ledger
 from deploykit.runtimes.compose import ComposeRelease, ComposeRuntime, ComposeSpec
 from deploykit.runtimes.ledger import Entry
 from deploykit.runtimes.release import ReleaseRuntime, ReleaseSpec
-from deploykit.secrets import Secret
+from deploykit.secrets import Secret, redact
 from deploykit.strategies import rolling
 from deploykit.strategies.base import ReleaseState, StrategyContext
 from deploykit.strategies.bluegreen import BlueGreenStrategy
@@ -91,6 +91,19 @@ def test_rolling_gates_each_host_before_it_serves(suite: Path) -> None:
 
 
 # -- each release its own environment file ------------------------------------------------------
+
+
+def test_a_report_redacts_the_env_secrets_not_the_host_addresses_beside_them() -> None:
+    """The pipeline names the secrets inside the .env: the address in REDIS_URL stays
+    readable in messages (it was masked as a piece of the whole .env text)."""
+    text = Secret("REDIS_URL=redis://198.18.13.13:6379/0\nSECRET_KEY=k3y-0f-the-app-s3cret\n")
+    whole = ReleaseRuntime(ReleaseSpec("shop", artifact(), text))
+    named = ReleaseRuntime(ReleaseSpec("shop", artifact(), text,
+                                       env_secrets=[Secret("k3y-0f-the-app-s3cret")]))
+    line = "GET http://198.18.13.13/version failed; key k3y-0f-the-app-s3cret"
+    assert "198.18.13.13" not in redact(line, whole.secrets)  # the old, over-wide mask
+    shown = redact(line, named.secrets)
+    assert "http://198.18.13.13/version" in shown and "k3y-0f-the-app-s3cret" not in shown
 
 
 def test_each_release_and_content_gets_its_own_env_file_read_by_its_program() -> None:
