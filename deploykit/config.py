@@ -145,6 +145,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "notify": {
         "webhook_url": Key("text?", None, "generic JSON webhook (a URL or a reference)"),
         "slack_webhook_url": Key("secret?", None, "Slack incoming webhook: a reference"),
+        "apprise_urls": Key("secrets", [], "apprise URLs (email, Telegram, PagerDuty, ...; "
+                                           "needs deploykit[notify]), each a reference"),
         "events": Key("events", list(EVENTS), "events sent: start, success, failure, "
                                               "rollback"),
         "timeout": Key("number", 5, "seconds one notification may take, in total"),
@@ -231,7 +233,9 @@ _KIND_TEXT = {
                                                     "ending at 100",
     "phases": "a list of lists of service names",
     "command": "a non-empty list of strings", "section": "a mapping",
-    "env": "a mapping of NAME: value", "secret": "a ${env:NAME} or ${file:PATH} reference "
+    "env": "a mapping of NAME: value",
+    "secrets": "a list of ${env:NAME} or ${file:PATH} references",
+    "secret": "a ${env:NAME} or ${file:PATH} reference "
                                                 "(secrets never live in deploykit.yml; "
                                                 "${cmd:COMMAND} works too)",
 }
@@ -278,6 +282,7 @@ def _check(kind: str, value: Any) -> bool:
             isinstance(k, str) and _ENV_KEY.match(k) for k in value)
         and all(isinstance(v, str | int | float) for v in value.values()),
         "secret": lambda: isinstance(value, str) and is_reference(value),
+        "secrets": lambda: strings and all(is_reference(v) for v in value),
     }
     return checks[kind]()
 
@@ -400,6 +405,7 @@ class NotifyConfig:
 
     webhook_url: str | None = None
     slack_webhook_url: str | None = None
+    apprise_urls: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=lambda: list(EVENTS))
     timeout: float = 5.0
 

@@ -29,7 +29,7 @@ from deploykit.runner import Step, step
 from deploykit.runtimes.release import ReleaseSpec
 from deploykit.strategies.base import ReleaseState, other
 from deploykit.task import Task
-from deploykit.tasks import http, nginx, releases, services
+from deploykit.tasks import http, nginx, notify, releases, services
 
 log = logging.getLogger("deploykit.pipeline.deploy")
 
@@ -83,7 +83,14 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
     check_runtime(cfg.runtime)
     project.env()  # resolve every reference before anything happens
     check_skips(preflight_checks(project), options.skip_checks)
-    artifact = ensure_artifact(cfg, version, out)
+    try:
+        artifact = ensure_artifact(cfg, version, out)
+    except DeployError as exc:  # a failed build is a failed deploy: say so where people look
+        notify.stage_failed(project.notifier(), "build",
+                            deploy_id=journal.new_deploy_id(cfg.root), app=cfg.app,
+                            version=version, hosts=[h.name for h in project.web],
+                            message=exc.message)
+        raise
     run = Run(project, out, "deploy", check=options.check)
     run.version = version
     run.hooks.check()
@@ -107,7 +114,14 @@ def deploy(project: Project, options: DeployOptions, out: Display | None = None
             run.finish(DeploySummary(run.deploy_id, "deploy", "failed", version,
                                      "pre-flight failed: nothing was changed", hosts=names),
                        options.json_path)
-            pre.raise_for_failures()
+            try:
+                pre.raise_for_failures()
+            except DeployError as exc:
+                if not options.check:
+                    notify.stage_failed(project.notifier(), "pre-flight",
+                                        deploy_id=run.deploy_id, app=cfg.app, version=version,
+                                        hosts=names, message=exc.message)
+                raise
         plan = release_spec(project, artifact)
         if run.signals.requested:
             return run.finish(DeploySummary(run.deploy_id, "deploy", "aborted", version,

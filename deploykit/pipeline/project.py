@@ -189,16 +189,20 @@ class Project:
         return found
 
     def notifier(self) -> notify.Notifier | None:
-        """The configured webhooks, or None."""
+        """The configured targets (webhook, Slack, apprise URLs), or None."""
         n = self.config.notify
         events: Any = tuple(n.events)
-        hooks: list[notify.Webhook] = []
+        hooks: list[notify.Target] = []
         url = self.config.url(n.webhook_url, "notify.webhook_url")
         if url is not None:
             hooks.append(notify.webhook(url, events=events))
         slack = self.config.secret(n.slack_webhook_url, "notify.slack_webhook_url")
         if slack is not None:
             hooks.append(notify.slack(slack, events=events))
+        for i, ref in enumerate(n.apprise_urls):
+            target = self.config.secret(ref, f"notify.apprise_urls[{i}]")
+            if target is not None:
+                hooks.append(notify.apprise_url(target, events=events))
         return notify.Notifier(hooks, timeout=n.timeout, secrets=self.secrets()) if hooks \
             else None
 

@@ -312,7 +312,7 @@ def test_a_second_deploy_gets_the_lock_error(pipeline: Pipeline) -> None:
     pytest.param(
         "resources", {"preflight": {"min_disk_mb": 10 ** 9}}, {},
         r"\[web-1\] resources: disk: / has [\d.]+ \w+ free \([\d.]+% of [\d.]+ \w+\), "
-        r"needs at least 1000000000 MiB", id="resources"),
+        r"needs at least 953.7 TiB", id="resources"),
     pytest.param(
         "ports", {"preflight": {"ports_free": [22]}}, {},
         r"\[web-1\] ports: TCP port\(s\) 22 already in use \(must be free\)", id="ports"),
@@ -348,10 +348,12 @@ def test_each_failing_preflight_check_gives_its_own_message(
     assert {name for status, name in listed if status == "failed"} == {check}
     assert {name for status, name in listed if status == "ok"} == \
         {"resources", "ports", "reachable", "secrets"} - {check}
-    # nothing changed: no lock taken, no history written, no notification, still v1
+    # nothing changed: no lock taken, no history written, still v1; the failure is notified
     assert {h: len(pipeline.history(h)) for h in HOSTS} == before
     assert [pipeline.serving(h) for h in WEB] == ["v1", "v1"]
-    assert pipeline.receiver.events(deploy_id(done.stdout)) == []
+    sent = pipeline.receiver.events(deploy_id(done.stdout))
+    assert [(event, body["result"]) for event, body in sent] == [("failure",
+                                                                    "pre-flight failed")]
     report = RunReport.read_json(pipeline.runs / f"{deploy_id(done.stdout)}.json")
     assert any(r.task == check and r.failed for h in report.hosts.values() for r in h.results)
 

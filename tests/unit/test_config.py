@@ -21,7 +21,7 @@ from deploykit.config import (
     render_env,
 )
 from deploykit.errors import ConfigError
-from deploykit.inventory import Host
+from deploykit.inventory import Host, Inventory
 from deploykit.pipeline import Project
 from deploykit.pipeline.preflight import preflight_checks
 from deploykit.secrets import Secret, redact
@@ -111,6 +111,21 @@ def test_credentials_must_be_references(tmp_path: Path) -> None:
     cfg = parse(tmp_path, preflight={"ci_token": "${env:CI_TOKEN}"},
                 notify={"slack_webhook_url": "${file:slack.url}"})
     assert cfg.preflight.ci_token == "${env:CI_TOKEN}"
+
+
+def test_apprise_urls_are_references_and_become_notify_targets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 item 8: email, Telegram, PagerDuty... by apprise URL from deploykit.yml."""
+    with pytest.raises(ConfigError, match=r"notify.apprise_urls must be a list of "
+                                          r"\$\{env:NAME\}"):
+        parse(tmp_path, notify={"apprise_urls": ["tgram://bottoken/chat"]})
+    monkeypatch.setenv("DK_TEST_TGRAM", "json://user:s3cretpass@127.0.0.1:9/hook")
+    cfg = parse(tmp_path, notify={"apprise_urls": ["${env:DK_TEST_TGRAM}"]})
+    project = Project(cfg, Inventory.from_dict({"all": {"hosts": {}}}, source="<t>"), [], None)
+    notifier = project.notifier()
+    assert notifier is not None
+    [target] = notifier.webhooks
+    assert target.kind == "apprise" and "s3cretpass" not in target.display
 
 
 def test_a_required_secret_written_in_the_file_is_refused(tmp_path: Path) -> None:
