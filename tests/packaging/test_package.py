@@ -25,7 +25,7 @@ SOURCES = ("pyproject.toml", "setup.cfg", "README.md", "deploykit")
 USER_TASKS = '''\
 from invoke import Collection
 
-from deploykit.invoke import add_tasks
+from deploykit.cli import add_tasks
 from deploykit.testing.labtasks import lab_collection
 
 ns = Collection()
