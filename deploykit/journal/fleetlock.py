@@ -20,6 +20,7 @@ from deploykit.journal.hostlock import (
     LockHolder,
     LockInfo,
     acquire_lock,
+    holding,
     refresh_lock,
     release_lock,
 )
@@ -344,7 +345,8 @@ def fleet_lock(
     lock.start_heartbeat(heartbeat or min(ttl / 3, HEARTBEAT_MAX))
     exc: BaseException | None = None
     try:
-        yield lock
+        with holding(holder):
+            yield lock
     except BaseException as error:
         exc = error
         raise

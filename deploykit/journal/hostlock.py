@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets as _random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,20 @@ class LockHolder:
 
     @property
     def alive_here(self) -> bool:
-        """True when the holder is a process of this user running on this controller."""
+        """True when the holder is a process of this user running on this controller. When
+        that process is this one, only while it still holds the lock (:func:`holding`): a
+        lock a finished deploy of this process left behind is not a live one."""
         user, controller = _who()
-        return (self.user, self.controller) == (user, controller) and pid_alive(self.pid)
+        if (self.user, self.controller) != (user, controller):
+            return False
+        if self.pid == os.getpid():
+            return self.identity in _HELD_HERE
+        return pid_alive(self.pid)
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        """What tells this holder's lock from another of the same process."""
+        return (self.deploy_id, self.started, self.pid)
 
     def to_json(self) -> str:
         """``holder.json`` content (one line)."""
@@ -104,6 +116,21 @@ def nest_digest(token: str) -> str:
     """The digest of a nest token, as ``holder.json`` keeps it (the token itself never
     reaches a host)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_HELD_HERE: set[tuple[str, str, int]] = set()
+"""The locks this process holds right now (:attr:`LockHolder.identity`)."""
+
+
+@contextlib.contextmanager
+def holding(holder: LockHolder) -> Iterator[None]:
+    """Mark ``holder``'s lock as held by this process for the ``with`` block, so that
+    :attr:`LockHolder.alive_here` tells it from one a finished run of this process left."""
+    _HELD_HERE.add(holder.identity)
+    try:
+        yield
+    finally:
+        _HELD_HERE.discard(holder.identity)
 
 
 def pid_alive(pid: int) -> bool:
