@@ -114,6 +114,7 @@ class ComposeSpec:
     """Per service, extra :mod:`~deploykit.strategies.phased` checks (phased start only)."""
 
     def __post_init__(self) -> None:
+        nginx.check_server_name(self.server_name, f"{self.app}: server_name")
         if sorted(self.ports) != sorted(COLORS):
             raise ConfigError(f"ports must name blue and green, not {sorted(self.ports)}")
         for color in COLORS:

@@ -87,6 +87,7 @@ class ReleaseSpec:
     secret, and so is any run of 15 of its characters, host addresses included)."""
 
     def __post_init__(self) -> None:
+        nginx.check_server_name(self.server_name, f"{self.app}: server_name")
         if sorted(self.ports) != sorted(COLORS):
             raise ConfigError(f"ports must name blue and green, not {sorted(self.ports)}")
         if self.verify_suite is not None and not Path(self.verify_suite).exists():
