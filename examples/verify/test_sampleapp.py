@@ -73,10 +73,13 @@ def test_current_points_at_the_release(host: testinfra.host.Host,
 def test_env_file_is_private_to_the_app_user(host: testinfra.host.Host,
                                              deploy_context: DeployContext,
                                              host_vars: Mapping[str, Any]) -> None:
-    env = host.file(f"{app_dir(deploy_context, host_vars)}/shared/.env")
-    assert env.is_file, ".env is missing"
+    # the release's own environment file (each release has one; .env links to it)
+    path = f"{release_dir(deploy_context, host_vars)}/.env"
+    seen = host.run("stat -L -c '%%a %%U' -- %s", path)
+    assert seen.rc == 0, f"{path} is missing"
     user = host_vars.get("app_user", "www-data")
-    assert (oct(env.mode), env.user) == (oct(0o600), user)
+    mode, owner = seen.stdout.split()
+    assert (oct(int(mode, 8)), owner) == (oct(0o600), user)
 
 
 @pytest.mark.pre_switch

@@ -182,7 +182,7 @@ def test_pytest_inventory_hosts_web_runs_the_suite_on_every_web_host(story: Stor
 
 
 def test_verify_reports_per_host_with_junit_and_run_report(story: Story) -> None:
-    env = f"/srv/{APP}/shared/.env"
+    env = f"/srv/{APP}/current/.env"  # the live release's own environment file
     story.ssh("web-2").run(["chmod", "0644", env])
     try:
         result = verify.verify(story.inventory_file, "web", story.suite,
