@@ -209,7 +209,7 @@ def test_check_fails_naming_every_threshold_missed(conn: Connection,
     clients = int(rdb.info("clients")["connected_clients"])
     assert result.message.startswith(f"Redis at {FORWARDED}: role is master, expected "
                                      f"replica; used_memory ")
-    assert "MiB is over the limit 1000 B; connected_clients " in result.message
+    assert "MiB is over the limit 1.0 KiB; connected_clients " in result.message
     assert result.message.endswith("is over the limit 1")
     assert clients >= 1
     low = redis.check(min_clients=10_000).run(conn)
