@@ -519,7 +519,9 @@ class RestoreTask(SqliteTask):
         return self.plan(conn, fresh)
 
     def apply(self, conn: Connection, facts: Facts, plan: Plan, undo: UndoStack) -> None:
-        old = f"{self.db}.old-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        now = time.time()  # milliseconds too: two restores within a second keep both copies
+        old = (f"{self.db}.old-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
+               f"{int(now * 1000) % 1000:03d}Z")
         existed = facts["db"].exists
         command = _helper("putback", self.db, old, "1" if existed else "0")
 

@@ -190,7 +190,7 @@ def test_backup_corrupt_restore_undo(conn: Connection, host: Any, db: str) -> No
     directory = db.rsplit("/", 1)[0]
     names = host.check_output(join(["ls", "-A", directory])).split()
     old = min((n for n in names if n.startswith("app.db.old-")), key=len)
-    assert re.fullmatch(r"app\.db\.old-\d{8}T\d{6}Z", old), names
+    assert re.fullmatch(r"app\.db\.old-\d{8}T\d{9}Z", old), names
     assert result.data["previous"] == f"{directory}/{old}"
     # the damaged database could not be copied cleanly: its raw files were kept
     assert host.file(f"{directory}/{old}").sha256sum == broken
